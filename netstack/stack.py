@@ -1,0 +1,136 @@
+"""The stack: one dispatch point per layer (STYLE.md §4), sans-IO.
+
+    frame_from_guest(buf, now)  →  vnet → Ethernet → EtherType table
+                                   → IP protocol table → flow lookup
+    handle_event(event, now)    ←  host socket outcomes (netstack/events.py)
+    poll(now)                   ←  timers; next_deadline() says when
+    take_frames(), take_actions()  →  frames for the TAP, actions for the edge
+
+Buffers passed in are only valid during the call: anything kept is copied.
+Frames come out as bytes-like objects with the virtio-net header in front,
+ready to write to the TAP.
+
+Ingress drops, each counted: ``vnet.*``/``eth.*`` from the wire modules,
+``eth.not_for_us`` (unicast to a MAC that is not the gateway's or DNS's),
+``eth.unknown_ethertype``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .addressing import AddressPlan
+from .arp import ArpLayer
+from .counters import Counters
+from .frames import ip_frame
+from .icmp import IcmpLayer
+from .ipv4 import Ipv4Layer
+from .neighbors import Neighbors
+from .wire import Malformed, ethernet, ipv4, vnet
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    plan: AddressPlan
+    mtu: int = 1500
+    disable_host_loopback: bool = False
+    disable_dns: bool = False
+    enable_ipv6: bool = False
+
+
+class Stack:
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.plan = config.plan
+        self.counters = Counters()
+        self.neighbors = Neighbors(self.counters)
+        self._frames: list = []
+        self._actions: list = []
+        self._our_macs = frozenset((self.plan.gateway_mac, self.plan.dns_mac))
+        self.arp = ArpLayer(self)
+        self.ipv4 = Ipv4Layer(self)
+        self.icmp = IcmpLayer(self)
+        self.ipv4.register(ipv4.PROTO_ICMP, self.icmp.from_guest)
+        self._ethertypes = {
+            ethernet.ETHERTYPE_ARP: self._arp_from_guest,
+            ethernet.ETHERTYPE_IPV4: self._ipv4_from_guest,
+        }
+        self._timers: list = []  # objects with poll(now) and next_deadline()
+
+    # -- ingress --------------------------------------------------------------
+
+    def frame_from_guest(self, buf: memoryview, now: float) -> None:
+        counters = self.counters
+        try:
+            vhdr = vnet.VnetView.check(buf)
+            eth = ethernet.EthernetView.check(vhdr.frame)
+        except Malformed as err:
+            counters.bump(err.counter)
+            return
+        dst0 = eth.buf[0]
+        if not dst0 & 1 and eth.dst not in self._our_macs:
+            counters.bump("eth.not_for_us")
+            return
+        handler = self._ethertypes.get(eth.ethertype)
+        if handler is None:
+            counters.bump("eth.unknown_ethertype")
+            return
+        handler(vhdr, eth, now)
+
+    def _arp_from_guest(self, vhdr, eth, now: float) -> None:
+        self.arp.from_guest(eth, now)
+
+    def _ipv4_from_guest(self, vhdr, eth, now: float) -> None:
+        # NEEDS_CSUM: the guest left the L4 checksum to us (partial);
+        # DATA_VALID: already checked.  Either way there is nothing to verify.
+        csum_ok = bool(vhdr.flags & (vnet.F_NEEDS_CSUM | vnet.F_DATA_VALID))
+        self.ipv4.from_guest(eth, now, csum_ok)
+
+    def handle_event(self, event, now: float) -> None:
+        raise NotImplementedError(type(event).__name__)
+
+    # -- timers ---------------------------------------------------------------
+
+    def add_timer(self, timer) -> None:
+        self._timers.append(timer)
+
+    def poll(self, now: float) -> None:
+        for timer in self._timers:
+            timer.poll(now)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (t.next_deadline() for t in self._timers) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    # -- egress ---------------------------------------------------------------
+
+    def learned(self, addr: bytes, mac: bytes) -> None:
+        """A guest address was seen at ``mac``: send anything waiting for it."""
+        for build in self.neighbors.learn(addr, mac):
+            self._frames.append(build(mac))
+
+    def send_frame(self, frame) -> None:
+        self._frames.append(frame)
+
+    def send_ip(self, src: bytes, dst: bytes, proto: int, body: bytes, ttl: int = 64) -> None:
+        """An IP datagram to the guest at ``dst`` whose transport part is ``body``."""
+        self.send_built(dst, lambda mac, our_mac: ip_frame(mac, our_mac, src, dst, proto, body, ttl), src)
+
+    def send_built(self, dst: bytes, build, src: bytes | None = None) -> None:
+        """Send ``build(guest_mac, our_mac)`` to the guest at ``dst``, resolving its MAC."""
+        our_mac = self.plan.mac_of(src) if src is not None else None
+        our_mac = our_mac or self.plan.gateway_mac
+        mac = self.neighbors.lookup(dst)
+        if mac is not None:
+            self._frames.append(build(mac, our_mac))
+            return
+        if self.neighbors.park(dst, lambda m: build(m, our_mac)) and len(dst) == 4:
+            self.arp.request(dst)
+
+    def take_frames(self) -> list:
+        frames, self._frames = self._frames, []
+        return frames
+
+    def take_actions(self) -> list:
+        actions, self._actions = self._actions, []
+        return actions

@@ -1,0 +1,125 @@
+"""Start-up, ready fd, exit fd, signals and orderly shutdown (compat spec §3, §5, §10).
+
+Order of start-up, as slirp4netns: warnings → namespace child brings back the
+TAP → banner → stack → (sandbox) → API socket → (seccomp) → ready byte →
+main loop.  The process the caller started is the one that keeps running: we
+never fork into the background, so callers can ``kill $!``, read
+``/proc/$!/...`` and wait for us.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import resource
+import sys
+
+from .config import Config
+
+STATUS_SLIRPNET_FAILED = 125  # `run`: slirpnet itself failed (as podman/docker run)
+from .netns import ChildFailed, open_tap_in_target, target_from_config
+
+# Options parsed and validated now whose behaviour lands with a later
+# release; using one says so instead of silently doing nothing.
+NOT_ACTIVE_YET: dict[str, str] = {
+    "enable_ipv6": "--enable-ipv6",
+    "enable_sandbox": "--enable-sandbox",
+    "enable_seccomp": "--enable-seccomp",
+    "outbound_addr": "--outbound-addr",
+    "outbound_addr6": "--outbound-addr6",
+    "api_socket": "--api-socket",
+}
+
+
+def serve(cfg: Config, child=None) -> int:
+    """Run the stack for ``cfg`` until the exit fd fires or a signal ends us.
+
+    With ``child`` (a :class:`slirp.run.NamespaceChild`), run until the
+    child's command exits and return its status instead."""
+    out = open(os.devnull, "w") if cfg.quiet else sys.stdout
+    for line in cfg.warnings:
+        out.write(line + "\n")
+    for attr, flag in NOT_ACTIVE_YET.items():
+        if getattr(cfg, attr) not in (None, False):
+            out.write(f"WARNING: {flag} is accepted but not active yet in this slirpnet release\n")
+    out.flush()
+    if cfg.target_type == "bess":
+        sys.stderr.write("--target-type=bess is not supported by slirpnet\n")
+        return 1
+    raise_fd_limit()
+    try:
+        tap_fd = open_tap_in_target(target_from_config(cfg))
+    except ChildFailed as failed:
+        if child is not None:
+            child.abandon()
+            return STATUS_SLIRPNET_FAILED
+        return failed.status
+
+    from . import tap
+    from .loop import Driver
+
+    offloads = tap.enable_offloads(tap_fd)
+    out.write(banner(cfg))
+    out.flush()
+    driver = Driver(cfg, tap_fd, offloads, child=child)
+    if cfg.ready_fd is not None:
+        signal_ready(cfg.ready_fd)
+    if child is not None:
+        child.start()
+    return driver.run()
+
+
+def raise_fd_limit() -> None:
+    """Every flow costs a host fd: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def signal_ready(fd: int) -> None:
+    """Write the single byte ``1`` and close (errors other than EINTR are ignored)."""
+    try:
+        os.write(fd, b"1")
+    except OSError:
+        pass
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _ip(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+def banner(cfg: Config) -> str:
+    plan = cfg.plan
+    lines = [
+        "Starting slirp",
+        f"* MTU:             {cfg.mtu}",
+        f"* Network:         {plan.network.network_address}",
+        f"* Netmask:         {plan.network.netmask}",
+        f"* Gateway:         {_ip(plan.gateway)}",
+        f"* DNS:             {_ip(plan.dns)}",
+        f"* DHCP begin:      {_ip(plan.dhcp_first)}",
+        f"* DHCP end:        {_ip(plan.dhcp_last)}",
+        f"* Recommended IP:  {_ip(plan.guest)}",
+    ]
+    if cfg.api_socket is not None:
+        lines.append(f"* API Socket:      {cfg.api_socket}")
+    if cfg.outbound4 is not None:
+        lines.append(f"* Outbound IPv4:    {_ip(cfg.outbound4)}")  # sic: slirp4netns has one more space
+    if cfg.outbound6 is not None:
+        lines.append(f"* Outbound IPv6:    {_ip(cfg.outbound6)}")
+    if cfg.mac is not None:
+        lines.append(f"* MAC address:     {':'.join(f'{b:02x}' for b in cfg.mac)}")
+    if not cfg.disable_host_loopback:
+        gw = _ip(plan.gateway)
+        lines.append(
+            f"WARNING: 127.0.0.1:* on the host is accessible as {gw} "
+            "(set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)"
+        )
+    return "".join(line + "\n" for line in lines)

@@ -1,0 +1,222 @@
+"""The uvloop driver: one handler table keyed by fd kind (STYLE.md §4).
+
+Every fd the process watches is registered with :meth:`Driver.watch` under a
+kind; readiness calls the one handler for that kind.  The TAP handler reads
+frames until EAGAIN or a budget (a guest must not starve host sockets, and
+unread guest frames are dropped by the TUN queue, tap-offloads.md gotcha 8),
+hands each to the sans-IO stack, then :meth:`flush` writes the stack's frames
+to the TAP, carries out its actions through the host-socket edge, and re-arms
+the one timer for the stack's next deadline.  This module is the only place
+that reads the clock (``loop.time()``, monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import os
+import select
+import signal
+import sys
+
+import uvloop
+
+from netstack.stack import Stack, StackConfig
+
+from .config import Config
+from .tap import VNET_HDR_LEN
+
+TAP_READ_BUDGET = 256  # frames per wake-up
+TAP_BUF_LEN = VNET_HDR_LEN + 65536 + 14 + 64  # never truncate a 64 KiB frame (gotcha 6)
+
+
+class FdKind(enum.Enum):
+    TAP = "tap"
+    EXIT = "exit"
+    CHILD = "child"  # `run`: pidfd of the command
+
+
+class Driver:
+    def __init__(self, cfg: Config, tap_fd: int, offloads: int, child=None):
+        self.cfg = cfg
+        self.tap_fd = tap_fd
+        self.child = child
+        self.loop = uvloop.new_event_loop()
+        self.stack = Stack(stack_config(cfg))
+        self.handlers = {
+            FdKind.TAP: self.tap_readable_handler,
+            FdKind.EXIT: self.exit_handler,
+            FdKind.CHILD: self.child_exited_handler,
+        }
+        self._tap_buf = bytearray(TAP_BUF_LEN)
+        self._tap_view = memoryview(self._tap_buf)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._exit_poll: select.epoll | None = None
+        self.status = 0
+        self.counters = self.stack.counters
+
+    # -- registration -------------------------------------------------------
+
+    def watch(self, fd: int, kind: FdKind, *args) -> None:
+        self.loop.add_reader(fd, self.handlers[kind], *args)
+
+    def unwatch(self, fd: int) -> None:
+        self.loop.remove_reader(fd)
+
+    # -- main ---------------------------------------------------------------
+
+    def run(self) -> int:
+        asyncio.set_event_loop(self.loop)
+        try:
+            if not self._watch_exit_fd():
+                return self.finish(0)
+            self.watch(self.tap_fd, FdKind.TAP)
+            if self.child is not None:
+                self._pidfd = os.pidfd_open(self.child.pid)
+                self.watch(self._pidfd, FdKind.CHILD)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                    self.loop.add_signal_handler(sig, self.forward_signal_handler, sig)
+            else:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self.loop.add_signal_handler(sig, self.signal_handler, sig)
+            self.flush()
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+        return self.status
+
+    def stop(self, status: int) -> None:
+        self.status = status
+        self.loop.stop()
+
+    def finish(self, status: int) -> int:
+        """Orderly exit: what slirp4netns prints and removes on the exit fd."""
+        if not self.cfg.quiet:
+            sys.stderr.write("do_slirp is exiting\n")
+            sys.stderr.flush()
+        sys.stdout.flush()
+        return status
+
+    # -- handlers -------------------------------------------------------------
+
+    def tap_readable_handler(self) -> None:
+        stack = self.stack
+        view = self._tap_view
+        fd = self.tap_fd
+        now = self.loop.time()
+        for _ in range(TAP_READ_BUDGET):
+            try:
+                n = os.readv(fd, (self._tap_buf,))
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                if err.errno == errno.EBADFD:
+                    # The TAP went away under us (device deleted): nothing left to serve.
+                    self.counters.bump("tap.gone")
+                    self.stop(1)
+                    return
+                raise
+            if n == 0:
+                break
+            stack.frame_from_guest(view[:n], now)
+        self.flush()
+
+    def exit_handler(self) -> None:
+        sys.stderr.write("exitfd event\n")
+        sys.stderr.flush()
+        self.stop(self.finish(0))
+
+    def signal_handler(self, sig: int) -> None:
+        # Clean up like the exit fd would, then die of the signal as
+        # slirp4netns does (callers see the usual 128+N status).
+        self.finish(0)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+
+    def forward_signal_handler(self, sig: int) -> None:
+        try:
+            os.kill(self.child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def child_exited_handler(self) -> None:
+        from .run import exit_status
+
+        _, wstatus = os.waitpid(self.child.pid, 0)
+        self.unwatch(self._pidfd)
+        os.close(self._pidfd)
+        self.stop(exit_status(wstatus))
+
+    def timer_handler(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.stack.poll(self.loop.time())
+        self.flush()
+
+    # -- output ---------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write pending frames, then re-arm the deadline timer."""
+        frames = self.stack.take_frames()
+        fd = self.tap_fd
+        for frame in frames:
+            try:
+                os.write(fd, frame)
+            except BlockingIOError:
+                self.counters.bump("tap.write_eagain")
+            except OSError as err:
+                if err.errno in (errno.EINVAL, errno.EIO):
+                    self.counters.bump("tap.write_rejected")
+                else:
+                    raise
+        self._arm_timer(self.stack.next_deadline())
+
+    def _arm_timer(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self.timer_handler)
+
+    def _watch_exit_fd(self) -> bool:
+        """Watch the exit fd for HUP/ERR only (readable data must not end us).
+
+        An epoll set with the fd registered for no events reports exactly
+        EPOLLHUP/EPOLLERR; the loop watches the epoll fd.  Returns False when
+        the fd is not open at all (slirp4netns's POLLNVAL: exit at once)."""
+        fd = self.cfg.exit_fd
+        if fd is None:
+            return True
+        ep = select.epoll(flags=select.EPOLL_CLOEXEC)
+        try:
+            ep.register(fd, 0)
+        except OSError as err:
+            ep.close()
+            if err.errno == errno.EBADF:
+                sys.stderr.write("exitfd event\n")
+                return False
+            return True  # e.g. a regular file: it can never hang up
+        self._exit_poll = ep
+        self.watch(ep.fileno(), FdKind.EXIT)
+        return True
+
+
+def stack_config(cfg: Config) -> StackConfig:
+    return StackConfig(
+        plan=cfg.plan,
+        mtu=cfg.mtu,
+        disable_host_loopback=cfg.disable_host_loopback,
+        disable_dns=cfg.disable_dns,
+        enable_ipv6=cfg.enable_ipv6,
+    )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    return uvloop.new_event_loop()
