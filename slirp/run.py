@@ -13,6 +13,7 @@ file behind.  CMD is killed if this process dies (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 
@@ -188,12 +189,18 @@ def _child(command: list[str], ready_w: int, go_r: int) -> int:
     if os.read(go_r, 1) != b"1":
         return STATUS_SLIRPNET_FAILED  # the stack did not come up
     os.close(go_r)
+    # Resolve like a shell: "not found" only if no PATH entry has it, even
+    # when some entries cannot be searched (os.execvp would report EACCES).
+    path = command[0] if "/" in command[0] else shutil.which(command[0])
+    if path is None:
+        os.write(2, f"slirpnet run: {command[0]}: command not found\n".encode())
+        return STATUS_NOT_FOUND
     try:
-        os.execvp(command[0], command)
+        os.execv(path, command)
     except OSError as err:
         os.write(2, f"slirpnet run: {command[0]}: {err.strerror}\n".encode())
         return STATUS_NOT_FOUND if isinstance(err, FileNotFoundError) else STATUS_CANNOT_EXECUTE
-    return STATUS_CANNOT_EXECUTE  # pragma: no cover - execvp does not return
+    return STATUS_CANNOT_EXECUTE  # pragma: no cover - execv does not return
 
 
 def _write(path: str, text: str) -> None:
