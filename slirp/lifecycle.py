@@ -62,11 +62,16 @@ def serve(cfg: Config, child=None) -> int:
     out.write(banner(cfg))
     out.flush()
     driver = Driver(cfg, tap_fd, offloads, child=child)
-    if cfg.ready_fd is not None:
-        signal_ready(cfg.ready_fd)
-    if child is not None:
-        child.start()
-    return driver.run()
+
+    def ready() -> None:
+        # Called by the running loop: signal handlers are live by now (uvloop
+        # drops signals that arrive before run_forever).
+        if cfg.ready_fd is not None:
+            signal_ready(cfg.ready_fd)
+        if child is not None:
+            child.start()
+
+    return driver.run(on_running=ready)
 
 
 def raise_fd_limit() -> None:

@@ -67,7 +67,8 @@ class Driver:
 
     # -- main ---------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, on_running=None) -> int:
+        """Serve until stopped; ``on_running`` is called once the loop runs."""
         asyncio.set_event_loop(self.loop)
         try:
             if not self._watch_exit_fd():
@@ -82,6 +83,8 @@ class Driver:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self.loop.add_signal_handler(sig, self.signal_handler, sig)
             self.flush()
+            if on_running is not None:
+                self.loop.call_soon(on_running)
             self.loop.run_forever()
         finally:
             self.loop.close()
