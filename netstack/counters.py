@@ -22,6 +22,11 @@ class Counters:
     def __getitem__(self, name: str) -> int:
         return self._values.get(name, 0)
 
+    def __setitem__(self, name: str, value: int) -> None:
+        # Lets modules written against collections.Counter share these
+        # (``counters[name] += 1``).
+        self._values[name] = value
+
     def snapshot(self) -> dict[str, int]:
         return dict(self._values)
 

@@ -90,6 +90,28 @@ def ip_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, proto: int,
     return buf
 
 
+def ipv4_fragments(
+    dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, proto: int, body: bytes, mtu: int, ttl: int = 64
+) -> list[bytearray]:
+    """``body`` as IPv4 fragments of at most ``mtu`` bytes each (RFC 791 §3.2).
+
+    For datagrams the guest must not receive whole because they exceed its
+    MTU (ICMP and UDP; TCP never needs this: its segments are GSO frames)."""
+    chunk = (mtu - IPV4_LEN) & ~7
+    ident = _next_ident()
+    frames = []
+    for start in range(0, len(body), chunk):
+        part = body[start : start + chunk]
+        more = start + chunk < len(body)
+        buf = ethernet_frame(dst_mac, src_mac, ethernet.ETHERTYPE_IPV4, IPV4_LEN + len(part))
+        frag = (start >> 3) | (ipv4.FLAG_MF if more else 0)
+        _IPV4.pack_into(buf, L3_OFFSET, 0x45, 0, IPV4_LEN + len(part), ident, frag, ttl, proto, 0, src, dst)
+        _U16.pack_into(buf, L3_OFFSET + 10, _ipv4_header_checksum(buf))
+        buf[L3_OFFSET + IPV4_LEN :] = part
+        frames.append(buf)
+    return frames
+
+
 def tcp_frame(
     dst_mac: bytes,
     src_mac: bytes,

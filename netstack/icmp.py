@@ -51,6 +51,20 @@ class IcmpLayer:
             return
         self.echo_relay(ip, echo, now)
 
+    def time_exceeded_reassembly(self, first_fragment: bytes) -> None:
+        """RFC 792 / RFC 1122 §3.3.2: reassembly timed out (code 1), sent only
+        when the first fragment arrived."""
+        try:
+            datagram = ipv4.Ipv4View.check_quoted(memoryview(first_fragment))
+        except Malformed:
+            return
+        if not icmpv4.may_send_error(datagram):
+            return
+        err = icmpv4.IcmpError.time_exceeded(icmpv4.TIME_EXCEEDED_REASSEMBLY, datagram.buf)
+        body = bytearray(err.buffer_len)
+        err.emit(body)
+        self.stack.send_ip(datagram.dst, datagram.src, ipv4.PROTO_ICMP, bytes(body))
+
     def unreachable(self, datagram: ipv4.Ipv4View, code: int, src: bytes | None = None) -> None:
         """Destination unreachable about ``datagram`` (from the guest), from ``src``
         (default: the datagram's destination, as a router at that address would)."""

@@ -22,9 +22,9 @@ _LOOPBACK_NET = 127
 class Ipv4Layer:
     __slots__ = ("stack", "protocols", "reassembler")
 
-    def __init__(self, stack, reassembler=None) -> None:
+    def __init__(self, stack, reassembler) -> None:
         self.stack = stack
-        self.protocols: dict = {}  # protocol number -> handler(ip_view, payload, now)
+        self.protocols: dict = {}  # protocol number -> handler(ip_view, payload, now, csum_ok)
         self.reassembler = reassembler
 
     def register(self, protocol: int, handler) -> None:
@@ -47,14 +47,18 @@ class Ipv4Layer:
         if handler is None:
             stack.counters.bump("ipv4.unknown_protocol")
             return
-        payload = ip.payload
         if ip.is_fragment:
-            if self.reassembler is None:
-                stack.counters.bump("ipv4.fragment_unsupported")
-                return
-            whole = self.reassembler.add_ipv4(ip, now)
+            whole = self.reassembler.add_v4(ip, now)
             if whole is None:
                 return
-            ip, payload = whole
-            csum_ok = False
-        handler(ip, payload, now, csum_ok)
+            ip = ipv4.Ipv4View.check(memoryview(whole), verify_checksum=False)
+            csum_ok = False  # offload flags describe the last fragment, not the datagram
+        handler(ip, ip.payload, now, csum_ok)
+
+    def poll(self, now: float) -> None:
+        for expired in self.reassembler.expire(now):
+            if expired.family == 4:
+                self.stack.icmp.time_exceeded_reassembly(expired.first_fragment)
+
+    def next_deadline(self) -> float | None:
+        return self.reassembler.next_deadline()

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from .addressing import AddressPlan
 from .arp import ArpLayer
 from .counters import Counters
-from .frames import ip_frame
+from .fragments import Reassembler
+from .frames import IPV4_LEN as IPV4_HEADER_LEN
+from .frames import ip_frame, ipv4_fragments
 from .icmp import IcmpLayer
 from .ipv4 import Ipv4Layer
 from .neighbors import Neighbors
@@ -48,14 +50,16 @@ class Stack:
         self._actions: list = []
         self._our_macs = frozenset((self.plan.gateway_mac, self.plan.dns_mac))
         self.arp = ArpLayer(self)
-        self.ipv4 = Ipv4Layer(self)
+        self.reassembler = Reassembler()
+        self.reassembler.counters = self.counters
+        self.ipv4 = Ipv4Layer(self, self.reassembler)
         self.icmp = IcmpLayer(self)
         self.ipv4.register(ipv4.PROTO_ICMP, self.icmp.from_guest)
         self._ethertypes = {
             ethernet.ETHERTYPE_ARP: self._arp_from_guest,
             ethernet.ETHERTYPE_IPV4: self._ipv4_from_guest,
         }
-        self._timers: list = []  # objects with poll(now) and next_deadline()
+        self._timers: list = [self.ipv4]  # objects with poll(now) and next_deadline()
 
     # -- ingress --------------------------------------------------------------
 
@@ -107,13 +111,25 @@ class Stack:
     def learned(self, addr: bytes, mac: bytes) -> None:
         """A guest address was seen at ``mac``: send anything waiting for it."""
         for build in self.neighbors.learn(addr, mac):
-            self._frames.append(build(mac))
+            self._queue(build(mac))
+
+    def _queue(self, built) -> None:
+        """A frame, or a list of frames (fragments), for the TAP."""
+        if isinstance(built, list):
+            self._frames.extend(built)
+        else:
+            self._frames.append(built)
 
     def send_frame(self, frame) -> None:
         self._frames.append(frame)
 
     def send_ip(self, src: bytes, dst: bytes, proto: int, body: bytes, ttl: int = 64) -> None:
-        """An IP datagram to the guest at ``dst`` whose transport part is ``body``."""
+        """An IP datagram to the guest at ``dst`` whose transport part is ``body``,
+        fragmented to the MTU when it does not fit (IPv4)."""
+        mtu = self.config.mtu
+        if len(src) == 4 and IPV4_HEADER_LEN + len(body) > mtu:
+            self.send_built(dst, lambda mac, our_mac: ipv4_fragments(mac, our_mac, src, dst, proto, body, mtu, ttl), src)
+            return
         self.send_built(dst, lambda mac, our_mac: ip_frame(mac, our_mac, src, dst, proto, body, ttl), src)
 
     def send_built(self, dst: bytes, build, src: bytes | None = None) -> None:
@@ -122,7 +138,7 @@ class Stack:
         our_mac = our_mac or self.plan.gateway_mac
         mac = self.neighbors.lookup(dst)
         if mac is not None:
-            self._frames.append(build(mac, our_mac))
+            self._queue(build(mac, our_mac))
             return
         if self.neighbors.park(dst, lambda m: build(m, our_mac)) and len(dst) == 4:
             self.arp.request(dst)

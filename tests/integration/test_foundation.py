@@ -62,6 +62,13 @@ def test_ping_replies_come_from_the_stack_with_ttl_255(netns, start_slirpnet):
     # Large echo: the payload comes back whole (ping checks it).
     res = ping(netns, "10.0.2.2", "-s", "1400")
     assert res.returncode == 0 and b"1408 bytes from 10.0.2.2" in res.stdout
+    # Larger than the MTU: fragments both ways, reassembled by us and by the guest.
+    res = ping(netns, "10.0.2.2", "-s", "20000")
+    assert res.returncode == 0 and b"20008 bytes from 10.0.2.2" in res.stdout
+    frag_stats = netns.run("cat", "/proc/net/snmp", check=True).stdout.decode()
+    ip_names, ip_values = [line.split()[1:] for line in frag_stats.splitlines() if line.startswith("Ip:")]
+    stats = dict(zip(ip_names, map(int, ip_values)))
+    assert stats["ReasmOKs"] >= 1 and stats["FragCreates"] >= 14
 
 
 def test_cidr_25_moves_every_address(netns, start_slirpnet):
