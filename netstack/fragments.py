@@ -35,9 +35,10 @@ Bounds (STYLE.md §6), all constructor arguments:
   oldest other datagrams until it fits;
 * ``max_datagram_bytes`` of data and ``max_fragments`` per datagram: going
   over drops that datagram (tombstone);
-* time: each datagram lives ``timeout_v4_s`` (30 s, RFC 791 suggests a
-  timer of this order; RFC 1122 §3.3.2 allows 60-120) or ``timeout_v6_s``
-  (60 s, RFC 8200 §4.5) from its first fragment.  :meth:`expire` removes the
+* time: each datagram lives ``timeout_v4_s`` (30 s: RFC 791 §3.2 suggests
+  at least 15 s, RFC 1122 §3.3.2 recommends 60-120 s; 30 s is Linux's
+  ipfrag_time) or ``timeout_v6_s`` (60 s, RFC 8200 §4.5) from its first
+  fragment; ``now`` must not go backwards.  :meth:`expire` removes the
   expired ones and returns, for each that had its first fragment, that
   fragment (IP header on) so the caller may send ICMP Time Exceeded code 1
   (RFC 792, RFC 1122 §3.3.2; RFC 8200 §4.5 / RFC 4443 §3.3).

@@ -118,7 +118,7 @@ class ArpPacket:
 
     @property
     def is_gratuitous(self) -> bool:
-        """Sender and target protocol addresses are equal (RFC 5227 §3 announcement shape)."""
+        """Sender and target protocol addresses are equal (RFC 5227 §2.3 announcement shape)."""
         return self.sender_ip == self.target_ip
 
     def emit(self, buf: bytearray, offset: int = 0) -> None:

@@ -15,12 +15,12 @@ buffer).  Options are only read from the options field: option overload
 (52, RFC 2132 §9.3) is not followed (sname/file are never parsed for
 options), which is allowed and cannot crash.
 
-:meth:`DhcpMessage.parse` concatenates repeated options (RFC 3396 §7),
+:meth:`DhcpMessage.parse` concatenates repeated options (RFC 3396),
 requires a message type (plain BOOTP is not served) and checks the length
 of every option it values.  Unknown options are skipped.  ``emit`` writes
 the message type first, splits long options per RFC 3396 (in pieces of
 252 bytes, whole addresses each) and pads the
-message to the 300-byte BOOTP minimum (RFC 1542 §3.3 notes relays and old
+message to the 300-byte BOOTP minimum (RFC 1542 §2.1: relays and old
 clients expect it).
 
 Drops (counter names): ``dhcp.truncated``, ``dhcp.bad_op``,
@@ -304,7 +304,7 @@ class DhcpMessage:
         buf[offset + 236 : offset + 240] = MAGIC_COOKIE
         i = offset + OPTIONS_OFFSET
         for code, value in self._options():
-            for j in range(0, max(1, len(value)), _SPLIT_LEN):  # RFC 3396 §5 split
+            for j in range(0, max(1, len(value)), _SPLIT_LEN):  # RFC 3396 split
                 piece = value[j : j + _SPLIT_LEN]
                 buf[i] = code
                 buf[i + 1] = len(piece)
