@@ -64,6 +64,19 @@ class CloseTcp:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchTcpWritable:
+    """Report TcpWritable(send_space) once the host socket becomes writable.
+
+    TcpWritable already follows a short write on its own.  This asks for it
+    when the last write was *complete* but left the socket (nearly) full:
+    the window offered to the guest is then closed and only the edge can see
+    the socket drain.  One report per WatchTcpWritable; the core asks again
+    if the space is still too small."""
+
+    flow: int
+
+
+@dataclass(frozen=True, slots=True)
 class OpenUdp:
     """Create a host UDP socket of the family of ``addr`` for this flow."""
 

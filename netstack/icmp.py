@@ -16,9 +16,12 @@ and errors from the guest: nothing of ours asked for them).
 
 from __future__ import annotations
 
+from . import actions as act
+from .nat import PROTO_ICMP, FlowKey, FlowState, FlowTable, FlowTableFull
 from .wire import Malformed, icmpv4, ipv4
 
 OWN_ECHO_TTL = 255
+ECHO_IDLE_TIMEOUT_S = 60.0
 
 
 class IcmpLayer:
@@ -65,6 +68,14 @@ class IcmpLayer:
         err.emit(body)
         self.stack.send_ip(datagram.dst, datagram.src, ipv4.PROTO_ICMP, bytes(body))
 
+    def unreachable_quote(self, src: bytes, dst: bytes, code: int, quote: bytes) -> None:
+        """Destination unreachable from ``src`` to the guest at ``dst`` quoting
+        ``quote`` (an IP header and 8 bytes, reconstructed by the caller)."""
+        err = icmpv4.IcmpError.dest_unreachable(code, quote)
+        body = bytearray(err.buffer_len)
+        err.emit(body)
+        self.stack.send_ip(src, dst, ipv4.PROTO_ICMP, bytes(body))
+
     def unreachable(self, datagram: ipv4.Ipv4View, code: int, src: bytes | None = None) -> None:
         """Destination unreachable about ``datagram`` (from the guest), from ``src``
         (default: the datagram's destination, as a router at that address would)."""
@@ -75,3 +86,83 @@ class IcmpLayer:
         body = bytearray(err.buffer_len)
         err.emit(body)
         self.stack.send_ip(src or datagram.dst, datagram.src, ipv4.PROTO_ICMP, bytes(body))
+
+
+class EchoNatFlow:
+    __slots__ = ("guest_addr", "ident", "remote")
+
+    def __init__(self, guest_addr: bytes, ident: int, remote: bytes):
+        self.guest_addr = guest_addr
+        self.ident = ident
+        self.remote = remote
+
+
+class EchoNat:
+    """Echo requests to outside addresses, relayed through host ICMP sockets.
+
+    One flow — one unprivileged ICMP datagram socket on the host — per guest
+    (address, echo identifier, destination).  The host kernel picks its own
+    identifier; replies are matched by flow and carry the guest's identifier
+    and the sequence number back.  Idle flows expire after
+    ECHO_IDLE_TIMEOUT_S.  When the host forbids ICMP sockets
+    (``net.ipv4.ping_group_range``) the edge says so once at start and the
+    stack is built with the relay off: requests are dropped and counted
+    (``icmpv4.no_handler``) — never answered with fake replies.
+    """
+
+    __slots__ = ("stack", "flows", "link")
+
+    def __init__(self, stack, flows: FlowTable, link: int = 0):
+        self.stack = stack
+        self.flows = flows
+        self.link = link
+
+    def relay(self, ip: ipv4.Ipv4View, echo: icmpv4.IcmpEcho, now: float) -> None:
+        dst = ip.dst
+        if dst[0] >= 224 or dst[0] == 0:
+            self.stack.counters.bump("icmpv4.echo_not_unicast")
+            return
+        flows = self.flows
+        key = FlowKey(self.link, PROTO_ICMP, ip.src, echo.ident, dst, 0)
+        flow = flows.lookup(key)
+        if flow is None:
+            if flows.is_full(PROTO_ICMP):
+                victim = flows.evict_lru(PROTO_ICMP)
+                if victim is not None:
+                    self.stack.emit(act.ClosePing(victim.id))
+            try:
+                flow = flows.insert(
+                    key,
+                    now,
+                    host_addr=dst,
+                    endpoint=EchoNatFlow(ip.src, echo.ident, dst),
+                    idle_timeout=ECHO_IDLE_TIMEOUT_S,
+                    evictable=True,
+                )
+            except FlowTableFull:
+                self.stack.counters.bump("icmpv4.table_full")
+                return
+            flows.set_state(flow, FlowState.ESTABLISHED)
+            self.stack.emit(act.OpenPing(flow.id, dst))
+        else:
+            flows.touch(flow, now)
+        self.stack.emit(act.SendPing(flow.id, dst, echo.seq, echo.data))
+
+    def replied(self, flow_id: int, addr: bytes, seq: int, payload: bytes, now: float) -> None:
+        flow = self.flows.get(flow_id)
+        if flow is None:
+            self.stack.counters.bump("icmpv4.no_flow")
+            return
+        self.flows.touch(flow, now)
+        ep = flow.endpoint
+        reply = icmpv4.IcmpEcho(icmpv4.ECHO_REPLY, ep.ident, seq, payload)
+        body = bytearray(reply.buffer_len)
+        reply.emit(body)
+        self.stack.send_ip(ep.remote, ep.guest_addr, ipv4.PROTO_ICMP, bytes(body))
+
+    def poll(self, now: float) -> None:
+        for flow in self.flows.expire(PROTO_ICMP, now):
+            self.stack.emit(act.ClosePing(flow.id))
+
+    def next_deadline(self) -> float | None:
+        return self.flows.next_deadline(PROTO_ICMP)

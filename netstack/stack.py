@@ -19,15 +19,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import events as ev
 from .addressing import AddressPlan
 from .arp import ArpLayer
 from .counters import Counters
+from .dhcp import DhcpServer
+from .dns import DnsForwarder
 from .fragments import Reassembler
 from .frames import IPV4_LEN as IPV4_HEADER_LEN
 from .frames import ip_frame, ipv4_fragments
-from .icmp import IcmpLayer
+from .icmp import EchoNat, IcmpLayer
 from .ipv4 import Ipv4Layer
+from .nat import FlowTable
 from .neighbors import Neighbors
+from .policy import Policy
+from .udp import UdpLayer
 from .wire import Malformed, ethernet, ipv4, vnet
 
 
@@ -38,6 +44,7 @@ class StackConfig:
     disable_host_loopback: bool = False
     disable_dns: bool = False
     enable_ipv6: bool = False
+    ping_relay: bool = True  # echo to outside addresses through host ICMP sockets
 
 
 class Stack:
@@ -49,17 +56,32 @@ class Stack:
         self._frames: list = []
         self._actions: list = []
         self._our_macs = frozenset((self.plan.gateway_mac, self.plan.dns_mac))
+        self.flows = FlowTable()
+        self.policy = Policy(self.plan, config.disable_host_loopback, config.disable_dns)
         self.arp = ArpLayer(self)
         self.reassembler = Reassembler()
         self.reassembler.counters = self.counters
         self.ipv4 = Ipv4Layer(self, self.reassembler)
         self.icmp = IcmpLayer(self)
+        self.dns = None if config.disable_dns else DnsForwarder(self, self.flows)
+        self.dhcp = DhcpServer(self, self.plan)
+        self.udp = UdpLayer(self, self.flows, self.policy, self.dns, self.dhcp)
+        self.echo = EchoNat(self, self.flows) if config.ping_relay else None
+        if self.echo is not None:
+            self.icmp.echo_relay = self.echo.relay
         self.ipv4.register(ipv4.PROTO_ICMP, self.icmp.from_guest)
+        self.ipv4.register(ipv4.PROTO_UDP, self.udp.from_guest)
         self._ethertypes = {
             ethernet.ETHERTYPE_ARP: self._arp_from_guest,
             ethernet.ETHERTYPE_IPV4: self._ipv4_from_guest,
         }
-        self._timers: list = [self.ipv4]  # objects with poll(now) and next_deadline()
+        # Objects with poll(now) and next_deadline().
+        self._timers: list = [t for t in (self.ipv4, self.udp, self.dns, self.echo) if t is not None]
+        self._events = {
+            ev.UdpReceived: lambda e, now: self.udp.received(e.flow, e.addr, e.port, e.data, now),
+            ev.UdpFailed: lambda e, now: self.udp.failed(e.flow, e.errno, e.addr, e.port, now),
+            ev.PingReplied: self._ping_replied,
+        }
 
     # -- ingress --------------------------------------------------------------
 
@@ -91,7 +113,28 @@ class Stack:
         self.ipv4.from_guest(eth, now, csum_ok)
 
     def handle_event(self, event, now: float) -> None:
-        raise NotImplementedError(type(event).__name__)
+        """An outcome reported by the edge (netstack/events.py)."""
+        self._events[type(event)](event, now)
+
+    def _ping_replied(self, e: ev.PingReplied, now: float) -> None:
+        if self.echo is not None:
+            self.echo.replied(e.flow, e.addr, e.seq, e.payload, now)
+
+    def set_resolvers(self, resolvers: list[bytes]) -> None:
+        """The host's DNS upstreams, in order (the edge reads resolv.conf)."""
+        if self.dns is not None:
+            self.dns.set_resolvers(resolvers)
+
+    def emit(self, action) -> None:
+        """Queue an action for the edge (netstack/actions.py)."""
+        self._actions.append(action)
+
+    def unreachable(self, ip, code: int) -> None:
+        """ICMP destination unreachable about the guest's datagram ``ip``."""
+        if len(ip.src) == 4:
+            self.icmp.unreachable(ip, code)
+        else:
+            self.counters.bump("icmpv6.unreachable_not_sent")
 
     # -- timers ---------------------------------------------------------------
 

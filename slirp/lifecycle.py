@@ -25,8 +25,6 @@ NOT_ACTIVE_YET: dict[str, str] = {
     "enable_ipv6": "--enable-ipv6",
     "enable_sandbox": "--enable-sandbox",
     "enable_seccomp": "--enable-seccomp",
-    "outbound_addr": "--outbound-addr",
-    "outbound_addr6": "--outbound-addr6",
     "api_socket": "--api-socket",
 }
 
@@ -62,6 +60,11 @@ def serve(cfg: Config, child=None) -> int:
     out.write(banner(cfg))
     out.flush()
     driver = Driver(cfg, tap_fd, offloads, child=child)
+    if not driver.ping_relay and not cfg.quiet:
+        sys.stderr.write(
+            "WARNING: ping to outside addresses is off: this user may not open ICMP sockets "
+            "(sysctl net.ipv4.ping_group_range); ping of the gateway and DNS addresses works\n"
+        )
 
     def ready() -> None:
         # Called by the running loop: signal handlers are live by now (uvloop

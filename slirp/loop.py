@@ -25,16 +25,22 @@ import uvloop
 from netstack.stack import Stack, StackConfig
 
 from .config import Config
+from .hostsock import HostSockets, ping_sockets_allowed
+from .resolvconf import RESOLV_CONF_CHECK_S, ResolvConf
 from .tap import VNET_HDR_LEN
 
 TAP_READ_BUDGET = 256  # frames per wake-up
 TAP_BUF_LEN = VNET_HDR_LEN + 65536 + 14 + 64  # never truncate a 64 KiB frame (gotcha 6)
+FLUSH_ROUNDS = 64  # action -> event -> action rounds per flush before yielding
 
 
 class FdKind(enum.Enum):
     TAP = "tap"
     EXIT = "exit"
     CHILD = "child"  # `run`: pidfd of the command
+    HOST_TCP = "host_tcp"  # a flow's TCP socket, readable
+    HOST_UDP = "host_udp"
+    HOST_PING = "host_ping"
 
 
 class Driver:
@@ -43,11 +49,19 @@ class Driver:
         self.tap_fd = tap_fd
         self.child = child
         self.loop = uvloop.new_event_loop()
-        self.stack = Stack(stack_config(cfg))
+        self.ping_relay = ping_sockets_allowed()
+        self.stack = Stack(stack_config(cfg, self.ping_relay))
+        self.counters = self.stack.counters
+        self.events: list = []
+        self.hostsocks = HostSockets(self, cfg.outbound4, cfg.outbound6)
+        self.resolv_conf = ResolvConf(cfg.resolv_conf)
         self.handlers = {
             FdKind.TAP: self.tap_readable_handler,
             FdKind.EXIT: self.exit_handler,
             FdKind.CHILD: self.child_exited_handler,
+            FdKind.HOST_TCP: self.hostsocks.tcp_readable_handler,
+            FdKind.HOST_UDP: self.hostsocks.udp_readable_handler,
+            FdKind.HOST_PING: self.hostsocks.ping_readable_handler,
         }
         self._tap_buf = bytearray(TAP_BUF_LEN)
         self._tap_view = memoryview(self._tap_buf)
@@ -55,12 +69,12 @@ class Driver:
         self._timer_at: float | None = None
         self._exit_poll: select.epoll | None = None
         self.status = 0
-        self.counters = self.stack.counters
+        self._flushing = False
 
     # -- registration -------------------------------------------------------
 
-    def watch(self, fd: int, kind: FdKind, *args) -> None:
-        self.loop.add_reader(fd, self.handlers[kind], *args)
+    def watch(self, fd: int, kind: FdKind | str, *args) -> None:
+        self.loop.add_reader(fd, self.handlers[FdKind(kind)], *args)
 
     def unwatch(self, fd: int) -> None:
         self.loop.remove_reader(fd)
@@ -82,11 +96,12 @@ class Driver:
             else:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self.loop.add_signal_handler(sig, self.signal_handler, sig)
-            self.flush()
+            self.resolv_conf_handler()
             if on_running is not None:
                 self.loop.call_soon(on_running)
             self.loop.run_forever()
         finally:
+            self.hostsocks.close_all()
             self.loop.close()
         return self.status
 
@@ -154,6 +169,13 @@ class Driver:
         os.close(self._pidfd)
         self.stop(exit_status(wstatus))
 
+    def resolv_conf_handler(self) -> None:
+        """Re-read the DNS upstreams when resolv.conf changed; runs periodically."""
+        resolvers = self.resolv_conf.changed()
+        if resolvers is not None:
+            self.stack.set_resolvers(resolvers)
+        self.loop.call_later(RESOLV_CONF_CHECK_S, self.resolv_conf_handler)
+
     def timer_handler(self) -> None:
         self._timer = None
         self._timer_at = None
@@ -162,9 +184,39 @@ class Driver:
 
     # -- output ---------------------------------------------------------------
 
+    def post_event(self, event) -> None:
+        """An outcome from the host side, for the stack (hostsock.py calls this)."""
+        self.events.append(event)
+
     def flush(self) -> None:
-        """Write pending frames, then re-arm the deadline timer."""
-        frames = self.stack.take_frames()
+        """Until quiet: write the stack's frames, carry out its actions, feed
+        the outcomes back; then re-arm the deadline timer."""
+        if self._flushing:
+            return  # a handler called from inside a flush: the outer loop picks it up
+        self._flushing = True
+        try:
+            stack = self.stack
+            for _ in range(FLUSH_ROUNDS):
+                self._write_frames(stack.take_frames())
+                actions = stack.take_actions()
+                for action in actions:
+                    self.hostsocks.execute(action)
+                if not self.events:
+                    if not actions:
+                        break
+                    continue
+                events, self.events = self.events, []
+                now = self.loop.time()
+                for event in events:
+                    stack.handle_event(event, now)
+            else:
+                self.loop.call_soon(self.flush)  # more to do: yield to other fds first
+            self._write_frames(stack.take_frames())
+        finally:
+            self._flushing = False
+        self._arm_timer(self.stack.next_deadline())
+
+    def _write_frames(self, frames: list) -> None:
         fd = self.tap_fd
         for frame in frames:
             try:
@@ -176,7 +228,6 @@ class Driver:
                     self.counters.bump("tap.write_rejected")
                 else:
                     raise
-        self._arm_timer(self.stack.next_deadline())
 
     def _arm_timer(self, deadline: float | None) -> None:
         if deadline == self._timer_at:
@@ -211,13 +262,14 @@ class Driver:
         return True
 
 
-def stack_config(cfg: Config) -> StackConfig:
+def stack_config(cfg: Config, ping_relay: bool) -> StackConfig:
     return StackConfig(
         plan=cfg.plan,
         mtu=cfg.mtu,
         disable_host_loopback=cfg.disable_host_loopback,
         disable_dns=cfg.disable_dns,
         enable_ipv6=cfg.enable_ipv6,
+        ping_relay=ping_relay,
     )
 
 

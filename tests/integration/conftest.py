@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .nsutil import Netns, Slirpnet
+from .nsutil import Netns, Slirpnet, World
 
 
 def pytest_collection_modifyitems(items):
@@ -21,12 +21,20 @@ def netns():
 
 
 @pytest.fixture
+def world(tmp_path):
+    """host / remote / guest namespaces: see nsutil.World."""
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+@pytest.fixture
 def start_slirpnet(tmp_path):
-    """start_slirpnet(args, ready=True) -> Slirpnet, ready; all are stopped at teardown."""
+    """start_slirpnet(args, ready=True, prefix=None) -> Slirpnet, ready; all are stopped at teardown."""
     started: list[Slirpnet] = []
 
-    def start(args, ready=True, pass_fds=()):
-        s = Slirpnet(list(args), tmp_path, pass_fds=pass_fds, ready=ready)
+    def start(args, ready=True, pass_fds=(), prefix=None, env=None):
+        s = Slirpnet(list(args), tmp_path, pass_fds=pass_fds, ready=ready, prefix=prefix, env=env)
         started.append(s)
         if ready:
             assert s.wait_ready() == b"1", s.stderr()

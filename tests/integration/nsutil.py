@@ -21,18 +21,24 @@ READY_TIMEOUT_S = 20
 
 
 class Netns:
-    """A process in a new user + network namespace (``unshare -rn``): the target."""
+    """A process in a new user + network namespace (``unshare -rn``): the target.
 
-    def __init__(self, extra: tuple[str, ...] = ()):
-        self.proc = subprocess.Popen(
-            ["unshare", "-rn", *extra, "sleep", "3600"], stdin=subprocess.DEVNULL, start_new_session=True
-        )
+    With ``parent``, a new network namespace only, made from inside the
+    parent's namespaces (so it belongs to the parent's user namespace)."""
+
+    def __init__(self, extra: tuple[str, ...] = (), parent: Netns | None = None):
+        argv = ["unshare", "-rn", *extra, "sleep", "3600"]
+        if parent is not None:
+            argv = parent.enter("unshare", "-n", *extra, "sleep", "3600")
+        # nsenter and unshare exec (no pid namespace: no fork), so the
+        # process started is the sleeper itself.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
-        # Wait until sleep runs inside the new namespaces.
+        outer = os.readlink(f"/proc/{parent.pid}/ns/net" if parent is not None else "/proc/self/ns/net")
         deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{self.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        while _netns_of(self.pid) in (outer, None) or (parent is not None and _comm(self.pid) != "sleep"):
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("unshare -rn did not start")
+                raise RuntimeError("unshare -n did not start")
             time.sleep(0.01)
 
     def enter(self, *argv: str) -> list[str]:
@@ -48,10 +54,84 @@ class Netns:
         stop(self.proc)
 
 
+def _netns_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class World:
+    """A small private internet for tests that must reach "the outside".
+
+    host   — user + network namespace where slirpnet runs (plays the machine);
+             its ONLY route leads to remote, so nothing can leave the box;
+             loopback up; unprivileged ICMP sockets allowed; a resolv.conf
+             file of its own for the DNS forwarder.
+    remote — a network namespace behind a veth pair (198.51.100.2/24), the
+             "world" the guest reaches through slirpnet.
+    guest  — the network namespace slirpnet serves (the container).
+    host and remote are owned by host's user namespace, so root there can
+    bind low ports and wire them up.
+    """
+
+    HOST_ADDR = "198.51.100.1"
+    REMOTE_ADDR = "198.51.100.2"
+
+    def __init__(self, tmp: pathlib.Path):
+        self.tmp = tmp
+        self.host = Netns()
+        try:
+            self.remote = Netns(parent=self.host)
+            self.guest = Netns(parent=self.host)
+            h = self.host
+            h.run("ip", "link", "set", "lo", "up", check=True)
+            h.run("ip", "link", "add", "veth-h", "type", "veth", "peer", "name", "veth-r", "netns", str(self.remote.pid), check=True)
+            h.run("ip", "addr", "add", f"{self.HOST_ADDR}/24", "dev", "veth-h", check=True)
+            h.run("ip", "link", "set", "veth-h", "up", check=True)
+            h.run("ip", "route", "add", "default", "via", self.REMOTE_ADDR, check=True)
+            h.run("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 0", check=True)
+            r = self.remote
+            r.run("ip", "link", "set", "lo", "up", check=True)
+            r.run("ip", "addr", "add", f"{self.REMOTE_ADDR}/24", "dev", "veth-r", check=True)
+            r.run("ip", "link", "set", "veth-r", "up", check=True)
+            r.run("ip", "route", "add", "default", "via", self.HOST_ADDR, check=True)
+        except BaseException:
+            self.close()
+            raise
+        self.resolv_conf = tmp / "resolv.conf"
+        self.resolv_conf.write_text("nameserver 127.0.0.1\n")
+
+    def slirpnet_prefix(self) -> list[str]:
+        return self.host.enter()
+
+    def close(self) -> None:
+        for ns in ("guest", "remote"):
+            if hasattr(self, ns):
+                getattr(self, ns).close()
+        self.host.close()
+
+
 class Slirpnet:
     """A slirpnet process; ``start()`` waits for its ready byte."""
 
-    def __init__(self, args: list[str], tmp: pathlib.Path, pass_fds: tuple[int, ...] = (), ready: bool = True):
+    def __init__(
+        self,
+        args: list[str],
+        tmp: pathlib.Path,
+        pass_fds: tuple[int, ...] = (),
+        ready: bool = True,
+        prefix: list[str] | None = None,
+        env: dict | None = None,
+    ):
         self.out_path = tmp / f"slirpnet-{time.monotonic_ns()}.out"
         self.err_path = tmp / f"slirpnet-{time.monotonic_ns()}.err"
         self._out = open(self.out_path, "wb")
@@ -65,12 +145,12 @@ class Slirpnet:
             fds.append(w)
             argv = ["-r", str(w), *argv]
         self.proc = subprocess.Popen(
-            [*SLIRPNET, *argv],
+            [*(prefix or []), *SLIRPNET, *argv],
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
             pass_fds=fds,
-            env=ENV,
+            env={**ENV, **(env or {})},
             start_new_session=True,
         )
         if ready:

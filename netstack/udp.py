@@ -1,0 +1,205 @@
+"""UDP from the guest: DHCP, the DNS forwarder, and NAT onto host sockets.
+
+Dispatch of a guest datagram, after the length and checksum checks of
+netstack/wire/udp.py:
+
+1. destination port 67 → the DHCP server (netstack/dhcp.py);
+2. the destination policy (netstack/policy.py): DNS → the forwarder
+   (netstack/dns.py); REFUSE → ICMP net unreachable; FORWARD → NAT.
+
+NAT (compat spec §4.2): one host socket per guest source address and port,
+whatever the destinations — the flow key's remote part is empty — so a guest
+talking from one port to many servers uses one host port, and replies from
+any of them come back to the guest port that sent.  A reply's source is
+shown to the guest as the policy's reverse mapping (host 127.0.0.1 appears as
+the gateway).  Idle flows expire after UDP_IDLE_TIMEOUT_S (240 s, like
+libslirp); when the table is full the least recently used idle flow is
+evicted (its socket closed).  An ICMP error the host socket reports for a
+datagram (IP_RECVERR) comes back as UdpFailed and is turned into the
+matching ICMP unreachable toward the guest (port unreachable for
+ECONNREFUSED), quoting a reconstruction of the guest's datagram header.
+
+Datagrams toward the guest larger than the MTU are sent as IPv4 fragments
+with a complete UDP checksum; others use checksum offload.
+
+Drops: ``udp.*`` from the wire module, ``udp.multicast`` (we do not relay
+multicast), ``udp.port_zero``, ``udp.no_flow`` (an event for a flow that has
+gone), ``udp.evicted``.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from . import actions as act
+from .frames import udp_frame
+from .nat import PROTO_UDP, FlowKey, FlowState, FlowTable, FlowTableFull
+from .policy import DNS, REFUSE, Policy
+from .wire import Malformed, icmpv4
+from .wire import udp as wire_udp
+from .wire.checksum import checksum, pseudo_sum_v4, pseudo_sum_v6
+
+UDP_IDLE_TIMEOUT_S = 240.0
+DHCP_SERVER_PORT = 67
+
+_UDP = struct.Struct("!HHHH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+
+
+class UdpNatFlow:
+    """The per-flow object of a NAT flow (Flow.endpoint)."""
+
+    __slots__ = ("guest_addr", "guest_port")
+
+    def __init__(self, guest_addr: bytes, guest_port: int):
+        self.guest_addr = guest_addr
+        self.guest_port = guest_port
+
+
+class UdpLayer:
+    __slots__ = ("stack", "flows", "policy", "dns", "dhcp", "link")
+
+    def __init__(self, stack, flows: FlowTable, policy: Policy, dns=None, dhcp=None, link: int = 0):
+        self.stack = stack
+        self.flows = flows
+        self.policy = policy
+        self.dns = dns
+        self.dhcp = dhcp
+        self.link = link
+
+    # -- from the guest ---------------------------------------------------------
+
+    def from_guest(self, ip, payload, now: float, csum_ok: bool) -> None:
+        stack = self.stack
+        src, dst = ip.src, ip.dst
+        try:
+            view = wire_udp.UdpView.check(payload) if csum_ok else wire_udp.UdpView.check(payload, src, dst)
+        except Malformed as err:
+            stack.counters.bump(err.counter)
+            return
+        dport = view.dst_port
+        if dport == DHCP_SERVER_PORT and self.dhcp is not None:
+            self.dhcp.from_guest(ip, view, now)
+            return
+        sport = view.src_port
+        if sport == 0 or dport == 0:
+            stack.counters.bump("udp.port_zero")
+            return
+        if (len(dst) == 4 and dst[0] >= 224 and dst != b"\xff\xff\xff\xff") or (len(dst) == 16 and dst[0] == 0xFF):
+            stack.counters.bump("udp.multicast")
+            return
+        route = self.policy.route(dst, dport)
+        if route.kind is REFUSE:
+            stack.counters.bump("udp.refused")
+            stack.unreachable(ip, route.icmp_code)
+            return
+        if route.kind is DNS:
+            if self.dns is None:
+                stack.counters.bump("udp.dns_disabled")
+                return
+            self.dns.query_from_guest(src, sport, dst, bytes(view.payload), now)
+            return
+        flow = self._flow_for(src, sport, now)
+        if flow is None:
+            return
+        stack.emit(act.SendUdp(flow.id, route.addr, route.port, bytes(view.payload)))
+
+    def _flow_for(self, guest_addr: bytes, guest_port: int, now: float):
+        flows = self.flows
+        key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, b"", 0)
+        flow = flows.lookup(key)
+        if flow is not None:
+            flows.touch(flow, now)
+            return flow
+        if flows.is_full(PROTO_UDP):
+            self._evict_one()
+        try:
+            flow = flows.insert(
+                key,
+                now,
+                endpoint=UdpNatFlow(guest_addr, guest_port),
+                idle_timeout=UDP_IDLE_TIMEOUT_S,
+                evictable=True,
+            )
+        except FlowTableFull:
+            self.stack.counters.bump("udp.table_full")
+            return None
+        flows.set_state(flow, FlowState.ESTABLISHED)
+        self.stack.emit(act.OpenUdp(flow.id, guest_addr))
+        return flow
+
+    def _evict_one(self) -> None:
+        victim = self.flows.evict_lru(PROTO_UDP)
+        if victim is not None:
+            self.stack.counters.bump("udp.evicted")
+            self.stack.emit(act.CloseUdp(victim.id))
+
+    # -- from the host ----------------------------------------------------------
+
+    def received(self, flow_id: int, addr: bytes, port: int, data: bytes, now: float) -> None:
+        flow = self.flows.get(flow_id)
+        if flow is None:
+            self.stack.counters.bump("udp.no_flow")
+            return
+        endpoint = flow.endpoint
+        if not isinstance(endpoint, UdpNatFlow):
+            self.dns.answer_from_upstream(flow, addr, port, data, now)
+            return
+        self.flows.touch(flow, now)
+        self.send_to_guest(self.policy.guest_view_of(addr), port, endpoint.guest_addr, endpoint.guest_port, data)
+
+    def failed(self, flow_id: int, err: int, addr: bytes, port: int, now: float) -> None:
+        flow = self.flows.get(flow_id)
+        if flow is None:
+            self.stack.counters.bump("udp.no_flow")
+            return
+        endpoint = flow.endpoint
+        if not isinstance(endpoint, UdpNatFlow):
+            self.dns.upstream_failed(flow, err, now)
+            return
+        code = {
+            errno.ECONNREFUSED: icmpv4.UNREACH_PORT,
+            errno.EHOSTUNREACH: icmpv4.UNREACH_HOST,
+        }.get(err, icmpv4.UNREACH_NET)
+        remote = self.policy.guest_view_of(addr)
+        if len(remote) == 4:
+            quote = _quote_v4(endpoint.guest_addr, remote, endpoint.guest_port, port)
+            self.stack.icmp.unreachable_quote(remote, endpoint.guest_addr, code, quote)
+        else:
+            self.stack.counters.bump("udp.failed_v6")
+
+    def poll(self, now: float) -> None:
+        for flow in self.flows.expire(PROTO_UDP, now):
+            self.stack.emit(act.CloseUdp(flow.id))
+
+    def next_deadline(self) -> float | None:
+        return self.flows.next_deadline(PROTO_UDP)
+
+    # -- toward the guest -----------------------------------------------------
+
+    def send_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int, data: bytes) -> None:
+        """A datagram from ``src``:``sport`` to the guest at ``dst``:``dport``."""
+        stack = self.stack
+        ip_len = 20 if len(src) == 4 else 40
+        if ip_len + 8 + len(data) <= stack.config.mtu:
+            stack.send_built(dst, lambda mac, our: udp_frame(mac, our, src, dst, sport, dport, data), src)
+            return
+        # Too big for one frame: a complete checksum, then IP fragments.
+        length = 8 + len(data)
+        body = bytearray(length)
+        _UDP.pack_into(body, 0, sport, dport, length, 0)
+        body[8:] = data
+        seed = pseudo_sum_v4(src, dst, PROTO_UDP, length) if len(src) == 4 else pseudo_sum_v6(src, dst, PROTO_UDP, length)
+        csum = checksum(body, seed) or 0xFFFF
+        struct.pack_into("!H", body, 6, csum)
+        stack.send_ip(src, dst, PROTO_UDP, bytes(body))
+
+
+def _quote_v4(guest: bytes, remote: bytes, sport: int, dport: int) -> bytes:
+    """IP header + 8 bytes of the guest's datagram, reconstructed for an ICMP quote."""
+    header = bytearray(28)
+    _IPV4.pack_into(header, 0, 0x45, 0, 28, 0, 0, 64, PROTO_UDP, 0, guest, remote)
+    struct.pack_into("!H", header, 10, checksum(header[:20]))
+    _UDP.pack_into(header, 20, sport, dport, 8, 0)
+    return bytes(header)
