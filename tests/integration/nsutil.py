@@ -86,7 +86,7 @@ class World:
     HOST_ADDR = "198.51.100.1"
     REMOTE_ADDR = "198.51.100.2"
 
-    def __init__(self, tmp: pathlib.Path):
+    def __init__(self, tmp: pathlib.Path, allow_ping: bool = True):
         self.tmp = tmp
         self.host = Netns()
         try:
@@ -98,7 +98,8 @@ class World:
             h.run("ip", "addr", "add", f"{self.HOST_ADDR}/24", "dev", "veth-h", check=True)
             h.run("ip", "link", "set", "veth-h", "up", check=True)
             h.run("ip", "route", "add", "default", "via", self.REMOTE_ADDR, check=True)
-            h.run("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 0", check=True)
+            if allow_ping:  # a new netns starts with "1 0": nobody may
+                h.run("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 0", check=True)
             r = self.remote
             r.run("ip", "link", "set", "lo", "up", check=True)
             r.run("ip", "addr", "add", f"{self.REMOTE_ADDR}/24", "dev", "veth-r", check=True)
