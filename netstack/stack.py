@@ -27,14 +27,22 @@ from .dhcp import DhcpServer
 from .dns import DnsForwarder
 from .fragments import Reassembler
 from .frames import IPV4_LEN as IPV4_HEADER_LEN
-from .frames import ip_frame, ipv4_fragments
+from .frames import ip_frame, ipv4_fragments, tcp_frame
 from .icmp import EchoNat, IcmpLayer
 from .ipv4 import Ipv4Layer
 from .nat import FlowTable
 from .neighbors import Neighbors
-from .policy import Policy
+from .policy import DNS, REFUSE, Policy
+from .tcp import Refusal, TcpConfig, TcpLayer, Unreachable
 from .udp import UdpLayer
-from .wire import Malformed, ethernet, ipv4, vnet
+from .wire import Malformed, ethernet, icmpv4, ipv4, vnet
+from .wire import tcp as wire_tcp
+from .wire.checksum import checksum, pseudo_sum_v4, pseudo_sum_v6
+
+_UNREACH_CODE = {Unreachable.NET: icmpv4.UNREACH_NET, Unreachable.HOST: icmpv4.UNREACH_HOST}
+_TCP_EVENTS = (
+    ev.TcpConnected, ev.TcpConnectFailed, ev.TcpSent, ev.TcpWritable, ev.TcpReceived, ev.TcpHostEof, ev.TcpHostReset,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +77,23 @@ class Stack:
         self.echo = EchoNat(self, self.flows) if config.ping_relay else None
         if self.echo is not None:
             self.icmp.echo_relay = self.echo.relay
+        self.tcp = TcpLayer(self.counters, table=self.flows, config=TcpConfig(mtu=config.mtu), policy=self._tcp_route)
         self.ipv4.register(ipv4.PROTO_ICMP, self.icmp.from_guest)
         self.ipv4.register(ipv4.PROTO_UDP, self.udp.from_guest)
+        self.ipv4.register(ipv4.PROTO_TCP, self._tcp_from_guest)
         self._ethertypes = {
             ethernet.ETHERTYPE_ARP: self._arp_from_guest,
             ethernet.ETHERTYPE_IPV4: self._ipv4_from_guest,
         }
         # Objects with poll(now) and next_deadline().
-        self._timers: list = [t for t in (self.ipv4, self.udp, self.dns, self.echo) if t is not None]
+        self._timers: list = [t for t in (self.ipv4, self.udp, self.dns, self.echo, self.tcp) if t is not None]
         self._events = {
             ev.UdpReceived: lambda e, now: self.udp.received(e.flow, e.addr, e.port, e.data, now),
             ev.UdpFailed: lambda e, now: self.udp.failed(e.flow, e.errno, e.addr, e.port, now),
             ev.PingReplied: self._ping_replied,
         }
+        for kind in _TCP_EVENTS:
+            self._events[kind] = self._tcp_event
 
     # -- ingress --------------------------------------------------------------
 
@@ -116,6 +128,74 @@ class Stack:
         """An outcome reported by the edge (netstack/events.py)."""
         self._events[type(event)](event, now)
 
+    # -- TCP --------------------------------------------------------------------
+
+    def _tcp_from_guest(self, ip, payload, now: float, csum_ok: bool) -> None:
+        try:
+            view = wire_tcp.TcpView.check(payload)
+        except Malformed as err:
+            self.counters.bump(err.counter)
+            return
+        if not csum_ok:
+            src, dst = ip.src, ip.dst
+            seed = pseudo_sum_v4(src, dst, 6, len(payload)) if len(src) == 4 else pseudo_sum_v6(src, dst, 6, len(payload))
+            if checksum(payload, seed) != 0:
+                self.counters.bump("tcp.bad_checksum")
+                return
+        self.tcp.segment_from_guest(now, 0, ip.src, ip.dst, view, ip.buf)
+        self._drain_tcp()
+
+    def _tcp_event(self, event, now: float) -> None:
+        self.tcp.event_from_host(now, event)
+        self._drain_tcp()
+
+    def _tcp_route(self, dst: bytes, port: int):
+        route = self.policy.route(dst, port)
+        if route.kind is REFUSE:
+            return Refusal.NET_UNREACHABLE
+        if route.kind is DNS:
+            resolvers = self.dns.resolvers if self.dns is not None else []
+            return (resolvers[0], 53) if resolvers else Refusal.RESET
+        return route.addr, route.port
+
+    def tcp_open_to_guest(self, guest_addr: bytes, guest_port: int, src: bytes, src_port: int, send_space: int, now: float):
+        """Port forward: a host connection was accepted; open toward the guest.
+
+        ``src`` is the peer as the guest should see it.  Returns the flow id or None."""
+        flow = self.tcp.open_to_guest(now, 0, guest_addr, guest_port, src, src_port, send_space)
+        self._drain_tcp()
+        return flow
+
+    def _drain_tcp(self) -> None:
+        tcp = self.tcp
+        for seg in tcp.drain_segments():
+            self.send_built(
+                seg.dst_addr,
+                lambda mac, our, seg=seg: tcp_frame(
+                    mac, our, seg.src_addr, seg.dst_addr, seg.header, seg.payload, seg.gso_size
+                ),
+                seg.src_addr,
+            )
+        self._actions.extend(tcp.drain_actions())
+        for req in tcp.drain_unreachables():
+            self._tcp_unreachable(req)
+
+    def _tcp_unreachable(self, req) -> None:
+        if len(req.src_addr) != 4:
+            self.counters.bump("icmpv6.unreachable_not_sent")
+            return
+        code = _UNREACH_CODE[req.reason]
+        if req.datagram is not None:
+            quote = req.datagram
+        else:
+            header = bytearray(20)
+            header[0], header[8], header[9] = 0x45, 64, 6
+            header[2:4] = (20 + len(req.tcp_header)).to_bytes(2, "big")
+            header[12:16], header[16:20] = req.src_addr, req.dst_addr
+            header[10:12] = checksum(header).to_bytes(2, "big")
+            quote = bytes(header) + req.tcp_header
+        self.icmp.unreachable_quote(req.dst_addr, req.src_addr, code, quote[: icmpv4.MAX_QUOTE_LEN])
+
     def _ping_replied(self, e: ev.PingReplied, now: float) -> None:
         if self.echo is not None:
             self.echo.replied(e.flow, e.addr, e.seq, e.payload, now)
@@ -144,6 +224,7 @@ class Stack:
     def poll(self, now: float) -> None:
         for timer in self._timers:
             timer.poll(now)
+        self._drain_tcp()
 
     def next_deadline(self) -> float | None:
         deadlines = [d for d in (t.next_deadline() for t in self._timers) if d is not None]
