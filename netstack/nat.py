@@ -295,6 +295,7 @@ class FlowTable:
         """Arm (or with None, disarm) the flow's single timer at absolute ``when``."""
         flow.deadline = when
         if when is None or flow.state is FlowState.CLOSED:
+            flow._armed = None  # its heap entry, if any, is stale now
             return
         armed = flow._armed
         if armed is not None and armed <= when:

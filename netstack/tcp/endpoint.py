@@ -184,6 +184,7 @@ class TcpEndpoint:
         "_retries",
         "_dupacks",
         "_in_recovery",
+        "_probing",
         "_recover",
         "_rtt_seq",
         "_rtt_at",
@@ -247,6 +248,7 @@ class TcpEndpoint:
         self._retries = 0
         self._dupacks = 0
         self._in_recovery = False
+        self._probing = False
         self._recover: int | None = None
         self._rtt_seq: int | None = None
         self._rtt_at = 0.0
@@ -624,6 +626,11 @@ class TcpEndpoint:
     def _update_window(self, seq: int, ack: int, wnd: int) -> None:
         t = self.tcb
         if lt(t.snd_wl1, seq) or (t.snd_wl1 == seq and le(t.snd_wl2, ack)):
+            if self._probing and wnd and ack == t.snd_una:
+                # the window opened but our probe byte was refused: send it
+                # again with the rest instead of leaving a hole
+                self._probing = False
+                t.snd_nxt = t.snd_una
             t.snd_wnd = wnd
             t.snd_wl1 = seq
             t.snd_wl2 = ack
@@ -657,6 +664,7 @@ class TcpEndpoint:
         t.snd_una = ack
         if lt(t.snd_nxt, ack):
             t.snd_nxt = ack
+        self._probing = False
         self._retries = 0
         self._dupacks = 0
         eff = self._eff_mss
@@ -1024,6 +1032,7 @@ class TcpEndpoint:
             return
         self.counters.bump("tcp.zero_window_probes")
         self._send_segment(now, t.snd_nxt, ACK, self._snd.peek(off, 1))
+        self._probing = True
         t.snd_nxt = (t.snd_nxt + 1) & MASK
         if gt(t.snd_nxt, t.snd_max):
             t.snd_max = t.snd_nxt
@@ -1114,9 +1123,16 @@ class TcpEndpoint:
             else:
                 self._abort(now)
             return
-        self.counters.bump("tcp.retransmits")
         t.rto = min(t.rto * 2, cfg.rto_max_s)
         self._rtt_seq = None  # Karn
+        if t.snd_wnd == 0 and len(self._snd) and not handshake:
+            # probing a zero window: a lost probe says nothing about
+            # congestion, so cwnd stays (RFC 9293 §3.8.6.1)
+            t.snd_nxt = t.snd_una
+            self._send_probe(now)
+            self._set_timer(T_RETRANSMIT, now + t.rto)
+            return
+        self.counters.bump("tcp.retransmits")
         if handshake:
             self._send_syn(now, with_ack=st is State.SYN_RECEIVED)
             self._set_timer(T_RETRANSMIT, now + t.rto)
@@ -1129,10 +1145,7 @@ class TcpEndpoint:
         self._dupacks = 0
         self._recover = t.snd_max
         t.snd_nxt = t.snd_una  # go back N
-        if t.snd_wnd == 0 and len(self._snd):
-            self._send_probe(now)
-        else:
-            self._output(now)
+        self._output(now)
         self._set_timer(T_RETRANSMIT, now + t.rto)
 
     # ------------------------------------------------------ closing
@@ -1228,6 +1241,7 @@ class TcpEndpoint:
         self._edge_credit = exp.edge_credit
         self._dupacks = 0
         self._in_recovery = False
+        self._probing = False
         self._recover = None
         self._rtt_seq = None
         self._retries = 0

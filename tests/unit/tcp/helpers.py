@@ -112,11 +112,11 @@ class Conn:
 
     def expect(self, flags, payload=b"", seq=None, ack=None, window=None, gso=None):
         segs = self.h.segments()
-        assert len(segs) == 1, segs
+        assert len(segs) == 1, [(hex(x.header.flags), x.header.seq, len(x.payload)) for x in segs]
         s = segs[0]
         assert (s.src_addr, s.dst_addr) == (self.remote, self.guest)
         assert (s.header.src_port, s.header.dst_port) == (self.rport, self.gport)
-        assert s.header.flags == flags, (hex(s.header.flags), hex(flags), s)
+        assert s.header.flags == flags, (hex(s.header.flags), hex(flags), s.header, len(s.payload))
         assert s.payload == payload, (len(s.payload), len(payload))
         if seq is not None:
             assert s.header.seq == seq, (s.header.seq, seq)
@@ -130,7 +130,7 @@ class Conn:
 
     def expect_none(self):
         segs = self.h.segments()
-        assert segs == [], segs
+        assert segs == [], [(x.header, len(x.payload)) for x in segs]
 
     def take_data(self, s):
         """Account a data segment from the layer as received by the guest."""
