@@ -43,22 +43,27 @@ class UdpEcho:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((addr, 0))
         self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(0.1)
         self.peers: list = []
+        self.stopping = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 data, peer = self.sock.recvfrom(70000)
+            except TimeoutError:
+                continue
             except OSError:
                 return
             self.peers.append(peer)
             self.sock.sendto(data, peer)
 
     def close(self) -> None:
-        self.sock.close()
+        self.stopping = True
         self.thread.join(2)
+        self.sock.close()
 
 
 @pytest.fixture
