@@ -18,7 +18,8 @@ matched by (guest address, guest port, DNS id), bounded by MAX_PENDING
 messages: it reads only the 2-byte id.
 
 TCP on port 53 is not handled here: the TCP layer connects to the first
-resolver (with the same order) through :meth:`resolvers_for_tcp`.
+resolver that has not just failed a UDP query (:meth:`resolver_for_tcp`),
+so TCP follows the same order and the same failover.
 
 Drops: ``dns.short_query`` (< 12 bytes, no DNS header), ``dns.no_resolver``,
 ``dns.unmatched_answer``, ``dns.gave_up`` (every resolver failed or timed
@@ -35,6 +36,7 @@ from .nat import PROTO_UDP, FlowKey, FlowState, FlowTable, FlowTableFull
 DNS_PORT = 53
 DNS_TRY_TIMEOUT_S = 2.0
 DNS_IDLE_TIMEOUT_S = 10.0
+RESOLVER_PENALTY_S = 30.0  # a resolver that failed is skipped by TCP this long
 MAX_PENDING = 1024
 MIN_DNS_LEN = 12
 
@@ -69,18 +71,28 @@ class DnsForwarder:
         self.link = link
         self.resolvers: list[bytes] = []
         self._pending: OrderedDict[tuple, _Query] = OrderedDict()
+        self._failed_until: dict[bytes, float] = {}
+        self._now = 0.0
 
     def set_resolvers(self, resolvers: list[bytes]) -> None:
         self.resolvers = list(resolvers)
+        self._failed_until.clear()
 
-    def resolvers_for_tcp(self, family: int) -> list[bytes]:
-        """Upstreams for a TCP query (all families: the socket follows the resolver)."""
-        return list(self.resolvers)
+    def resolver_for_tcp(self) -> bytes | None:
+        """The upstream for a TCP query: the first that has not failed lately."""
+        for resolver in self.resolvers:
+            if self._failed_until.get(resolver, 0.0) <= self._now:
+                return resolver
+        return self.resolvers[0] if self.resolvers else None
+
+    def _penalize(self, resolver: bytes, now: float) -> None:
+        self._failed_until[resolver] = now + RESOLVER_PENALTY_S
 
     # -- queries --------------------------------------------------------------
 
     def query_from_guest(self, guest_addr: bytes, guest_port: int, dns_addr: bytes, data: bytes, now: float):
         counters = self.stack.counters
+        self._now = now
         if len(data) < MIN_DNS_LEN:
             counters.bump("dns.short_query")
             return
@@ -151,6 +163,8 @@ class DnsForwarder:
         """The resolver of ``flow`` refused (e.g. nothing listens): fail over
         every query of that guest port that was waiting on it."""
         endpoint = flow.endpoint
+        self._now = now
+        self._penalize(endpoint.resolver, now)
         for key, query in list(self._pending.items()):
             if (query.guest_addr, query.guest_port) != (endpoint.guest_addr, endpoint.guest_port):
                 continue
@@ -158,6 +172,8 @@ class DnsForwarder:
                 self._next(key, query, now)
 
     def _next(self, key: tuple, query: _Query, now: float) -> None:
+        if self.resolvers:
+            self._penalize(self.resolvers[query.tried % len(self.resolvers)], now)
         query.tried += 1
         if query.tried >= len(self.resolvers):
             del self._pending[key]
@@ -168,6 +184,7 @@ class DnsForwarder:
     # -- timers ---------------------------------------------------------------
 
     def poll(self, now: float) -> None:
+        self._now = now
         for key, query in list(self._pending.items()):
             if query.deadline <= now:
                 self._next(key, query, now)

@@ -154,8 +154,8 @@ class Stack:
         if route.kind is REFUSE:
             return Refusal.NET_UNREACHABLE
         if route.kind is DNS:
-            resolvers = self.dns.resolvers if self.dns is not None else []
-            return (resolvers[0], 53) if resolvers else Refusal.RESET
+            resolver = self.dns.resolver_for_tcp() if self.dns is not None else None
+            return (resolver, 53) if resolver is not None else Refusal.RESET
         return route.addr, route.port
 
     def tcp_open_to_guest(self, guest_addr: bytes, guest_port: int, src: bytes, src_port: int, send_space: int, now: float):
