@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .seq import MASK, HALF
+from .seq import HALF, MASK
 
 
 class SendBuffer:
@@ -86,6 +86,11 @@ class SendBuffer:
         self._head = self._len = 0
 
 
+ADDED = "added"
+COVERED = "covered"  # every byte (and the FIN) is already queued
+FULL = "full"  # the count or byte bound would be exceeded
+
+
 class ReorderQueue:
     __slots__ = ("_items", "_bytes", "max_items", "max_bytes")
 
@@ -102,11 +107,10 @@ class ReorderQueue:
     def nbytes(self) -> int:
         return self._bytes
 
-    def add(self, base: int, seq: int, data: bytes, fin: bool) -> bool:
+    def add(self, base: int, seq: int, data: bytes, fin: bool) -> str:
         """Keep a segment that starts ``seq - base`` bytes beyond ``base``.
 
-        Returns False (and keeps nothing) when the queue is full or the
-        segment is already covered by a queued one."""
+        Returns ADDED, or COVERED / FULL when nothing was kept."""
         dist = (seq - base) & MASK
         end = dist + len(data)
         items = self._items
@@ -114,16 +118,16 @@ class ReorderQueue:
         for i, (s, d, f) in enumerate(items):  # noqa: B007 — bounded by max_items
             sdist = (s - base) & MASK
             if sdist <= dist and sdist + len(d) >= end and (f or not fin):
-                return False  # nothing new
+                return COVERED
             if sdist > dist:
                 break
         else:
             i = len(items)
         if len(items) >= self.max_items or self._bytes + len(data) > self.max_bytes:
-            return False
+            return FULL
         items.insert(i, (seq, data, fin))
         self._bytes += len(data)
-        return True
+        return ADDED
 
     def pop_ready(self, base: int) -> tuple[int, bytes, bool] | None:
         """The first queued segment that starts at or before ``base``, trimmed to
@@ -132,7 +136,7 @@ class ReorderQueue:
         while items:
             seq, data, fin = items[0]
             back = (base - seq) & MASK
-            if back >= HALF and back != 0:
+            if back >= HALF:
                 return None  # starts beyond base: still a hole
             del items[0]
             self._bytes -= len(data)

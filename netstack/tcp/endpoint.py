@@ -75,7 +75,7 @@ from dataclasses import dataclass
 
 from ..actions import CloseTcp, ReadTcp, SendTcp, ShutdownTcp, WatchTcpWritable
 from ..wire.tcp import ACK, FIN, PSH, RST, SYN, TcpHeader
-from .buffers import ReorderQueue, SendBuffer
+from .buffers import ADDED, FULL, ReorderQueue, SendBuffer
 from .config import (
     DEFAULT_MSS_V4,
     DEFAULT_MSS_V6,
@@ -777,12 +777,13 @@ class TcpEndpoint:
             counters.bump("tcp.rx_beyond_window")
             return True
         if plen > room - dist:
+            counters.bump("tcp.rx_beyond_window")
             payload = payload[: room - dist]
             fin = False
-        reorder = self._reorder
-        if reorder.add(rx_end, seq, bytes(payload), fin):
+        outcome = self._reorder.add(rx_end, seq, bytes(payload), fin)
+        if outcome is ADDED:
             counters.bump("tcp.rx_out_of_order")
-        elif len(reorder) >= reorder.max_items or reorder.nbytes + len(payload) > reorder.max_bytes:
+        elif outcome is FULL:
             counters.bump("tcp.rx_reorder_full")
         else:
             counters.bump("tcp.rx_duplicate")

@@ -12,10 +12,6 @@ MASK = 0xFFFFFFFF
 HALF = 0x80000000
 
 
-def add(a: int, n: int) -> int:
-    return (a + n) & MASK
-
-
 def sub(a: int, b: int) -> int:
     """Forward distance from ``b`` to ``a`` (``a - b`` mod 2**32)."""
     return (a - b) & MASK
@@ -35,9 +31,3 @@ def gt(a: int, b: int) -> bool:
 
 def ge(a: int, b: int) -> bool:
     return ((a - b) & MASK) < HALF
-
-
-def signed(a: int, b: int) -> int:
-    """``a - b`` as a signed distance in [-2**31, 2**31)."""
-    d = (a - b) & MASK
-    return d - 0x100000000 if d >= HALF else d

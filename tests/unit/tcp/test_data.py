@@ -285,3 +285,45 @@ def test_events_in_wrong_states_are_counted():
     h.event(TcpWritable(c.flow + 100, 10))
     assert h.counters["tcp.event_unexpected"] == 1
     assert h.counters["tcp.event_no_flow"] == 1
+
+
+def test_reorder_queue_full_is_counted():
+    h = Harness(reorder_max_segments=2)
+    c = open_established(h)
+    base = c.seq
+    for i in range(1, 4):
+        c.send(ACK, b"o" * 10, seq=base + 20 * i, advance=False)
+        c.expect(ACK, ack=base)
+    assert h.counters["tcp.rx_out_of_order"] == 2
+    assert h.counters["tcp.rx_reorder_full"] == 1
+    c.send(ACK, b"o" * 10, seq=base + 20, advance=False)  # already queued
+    c.expect(ACK, ack=base)
+    assert h.counters["tcp.rx_duplicate"] == 1
+
+
+def test_out_of_order_segment_is_trimmed_to_the_window():
+    h = Harness()
+    c = open_established(h, send_space=1000)  # window offered: 1000
+    base = c.seq
+    c.send(ACK | FIN, b"t" * 800, seq=base + 500, advance=False)  # ends 300 beyond
+    c.expect(ACK, ack=base)
+    assert h.counters["tcp.rx_beyond_window"] == 1  # 300 bytes and the FIN trimmed
+    # the ACK rounded the window up to its scale unit: 16 << 6 = 1024
+    c.send(ACK, b"u" * 10, seq=base + 1024, advance=False)  # starts at the edge
+    c.expect(ACK, ack=base, window=16)
+    assert h.counters["tcp.rx_out_of_window"] == 1
+    c.send(ACK, b"s" * 500, seq=base, advance=False)
+    assert h.actions() == [SendTcp(c.flow, b"s" * 500 + b"t" * 500)]  # trimmed, FIN dropped
+
+
+def test_fin_is_taken_at_a_zero_window():
+    h = Harness()
+    c = open_established(h, send_space=10)
+    c.send(ACK, b"0123456789")
+    h.actions()
+    h.event(TcpSent(c.flow, 10, 0))
+    c.expect(ACK, ack=c.seq, window=0)
+    assert h.actions() == [WatchTcpWritable(c.flow)]
+    c.send(ACK | FIN)  # FIN exactly at the closed window's edge
+    assert [type(a).__name__ for a in h.actions()] == ["ShutdownTcp"]
+    c.expect(ACK, ack=c.seq, window=0)

@@ -1,0 +1,210 @@
+"""Export/import of ESTABLISHED endpoints: the hand-off to and from the C datapath."""
+
+import dataclasses
+
+import pytest
+
+from netstack.actions import ReadTcp, SendTcp
+from netstack.events import TcpReceived, TcpSent, TcpWritable
+from netstack.tcp import Disposition, EndpointExport, State, Tcb
+
+from .helpers import ACK, PSH, Harness, host_read, open_close_wait, open_established
+from .sim import Sim
+
+M = 0xFFFFFFFF
+
+
+def test_tcb_dict_round_trip():
+    t = Tcb(iss=1, irs=2, snd_una=3, snd_nxt=4, snd_max=5, rcv_nxt=6, ts_ok=True, srtt=0.25)
+    d = t.to_dict()
+    assert all(isinstance(v, (int, float, bool)) for v in d.values())
+    assert Tcb.from_dict(d) == t and t.copy() == t and t.copy() is not t
+    with pytest.raises(ValueError):
+        Tcb.from_dict({k: v for k, v in d.items() if k != "rcv_nxt"})
+    assert Tcb(rcv_nxt=M, rcv_adv=9).rcv_wnd == 10
+
+
+def test_park_snapshot_and_parked_behaviour():
+    h = Harness()
+    c = open_established(h)
+    host_read(h, c, b"unacked")
+    c.expect(ACK | PSH, b"unacked")
+    exp = h.layer.park(c.flow)
+    assert isinstance(exp, EndpointExport) and exp.state is State.ESTABLISHED
+    assert exp.send_bytes == b"unacked" and exp.to_host == b""
+    assert exp.tcb["snd_nxt"] == (exp.tcb["snd_una"] + 7) & M
+    assert exp.edge_credit == c.credit - 7
+    ep = c.ep
+    assert ep.parked and ep.deadline() is None
+    assert h.layer.next_deadline() is None
+    # while parked, nothing reaches the Python endpoint
+    assert c.send(ACK, b"lost") is Disposition.DROPPED
+    h.event(TcpReceived(c.flow, b"x"))
+    assert h.counters["tcp.rx_parked"] == 1 and h.counters["tcp.event_parked"] == 1
+    assert h.segments() == [] and h.actions() == []
+    assert h.layer.park(c.flow) is None  # already parked
+
+
+def test_park_refused_when_not_quiescent():
+    h = Harness()
+    c = open_established(h)
+    c.send(ACK, b"in flight to host")
+    assert h.layer.park(c.flow) is None  # a SendTcp is outstanding
+    h.event(TcpSent(c.flow, 17, 1 << 20))
+    h.actions()
+    h.segments()
+    assert h.layer.park(c.flow) is not None
+    c2 = open_close_wait(Harness())
+    assert c2.h.layer.park(c2.flow) is None  # not ESTABLISHED
+    assert h.layer.park(12345) is None
+    with pytest.raises(ValueError):
+        c2.ep.export()
+
+
+def test_export_import_export_is_identity():
+    h = Harness()
+    c = open_established(h, timestamp=(7, 0))
+    host_read(h, c, b"q" * 5000)
+    c.recv()
+    c.send(ACK, b"to host")
+    h.event(TcpSent(c.flow, 3, 1000))  # short write: 4 bytes remain queued
+    h.actions()
+    c.recv()
+    h.event(TcpWritable(c.flow, 1000))
+    h.event(TcpSent(c.flow, 0, 0))
+    h.actions()
+    exp = h.layer.park(c.flow)
+    assert exp.to_host == b"host" and exp.host_blocked
+    h.layer.resume(h.now, c.flow, exp)
+    assert ReadTcp(c.flow, exp.edge_credit) in h.actions()  # the credit is re-issued
+    exp2 = h.layer.park(c.flow)
+    assert exp2.tcb == exp.tcb and exp2.send_bytes == exp.send_bytes and exp2.to_host == exp.to_host
+    assert exp2.host_blocked == exp.host_blocked
+
+
+def test_resume_continues_after_the_other_owner_advanced():
+    """The 'datapath' relayed traffic while it owned the flow: both sequence
+    spaces moved.  Python resumes from its export and carries on."""
+    h = Harness()
+    c = open_established(h)
+    host_read(h, c, b"0123456789")
+    s = c.expect(ACK | PSH, b"0123456789")
+    exp = h.layer.park(c.flow)
+    # meanwhile, in the datapath: the guest acked 4 of our bytes and sent 6
+    # bytes that went to the host socket and were acked
+    t = dict(exp.tcb)
+    t["snd_una"] = (t["snd_una"] + 4) & M
+    t["rcv_nxt"] = (t["rcv_nxt"] + 6) & M
+    t["rcv_adv"] = (t["rcv_adv"] + 6) & M
+    advanced = dataclasses.replace(exp, tcb=t, send_bytes=exp.send_bytes[4:])
+    c.seq = (c.seq + 6) & M
+    h.layer.resume(h.now, c.flow, advanced)
+    acts = h.actions()
+    assert [type(a) for a in acts] == [ReadTcp]
+    ep = c.ep
+    assert not ep.parked and ep.state is State.ESTABLISHED
+    assert h.layer.next_deadline() is not None  # 6 bytes outstanding: RTO armed
+    c.send(ACK | PSH, b"after")
+    assert h.actions() == [SendTcp(c.flow, b"after")]
+    h.event(TcpSent(c.flow, 5, 1 << 20))
+    c.expect(ACK, ack=c.seq)
+    h.run_until(h.layer.next_deadline())
+    c.expect(ACK | PSH, b"456789", seq=(s.header.seq + 4) & M)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"snd_nxt_delta": 100},  # snd_nxt beyond snd_max
+        {"drop_bytes": 5},  # send bytes do not cover the flight
+        {"state": State.CLOSE_WAIT},
+    ],
+)
+def test_inconsistent_imports_are_refused(change):
+    h = Harness()
+    c = open_established(h)
+    host_read(h, c, b"0123456789")
+    c.recv()
+    exp = h.layer.park(c.flow)
+    t = dict(exp.tcb)
+    if "snd_nxt_delta" in change:
+        t["snd_nxt"] = (t["snd_nxt"] + change["snd_nxt_delta"]) & M
+    send = exp.send_bytes[change.get("drop_bytes", 0) :]
+    bad = dataclasses.replace(exp, tcb=t, send_bytes=send, state=change.get("state", State.ESTABLISHED))
+    with pytest.raises(ValueError):
+        h.layer.resume(h.now, c.flow, bad)
+    assert c.ep.parked  # still owned elsewhere
+    with pytest.raises(KeyError):
+        h.layer.resume(h.now, 999, exp)
+
+
+class ParkingSim(Sim):
+    """Parks the passive side's flow mid-transfer; while parked, segments to it
+    are lost and host events for it wait (as if the datapath held them)."""
+
+    def __init__(self, *a, park_at=0.002, park_for=0.05, **kw):
+        self.park_at, self.park_for = park_at, park_for
+        self.export = None
+        self.parked_events = []
+        self.parks = 0
+        super().__init__(*a, **kw)
+
+    def _handle(self, kind, payload):
+        if kind == "resume":
+            self.p.resume(self.now, self.flow_p, self.export)
+            self.export = None
+            for k, p in self.parked_events:
+                self._schedule(0.0, k, p)
+            self.parked_events.clear()
+            return
+        if self.export is not None and kind in ("event_p", "read_p"):
+            self.parked_events.append((kind, payload))
+            return
+        super()._handle(kind, payload)
+        if self.export is None and self.parks == 0 and self.flow_p is not None and self.now >= self.park_at:
+            exp = self.p.park(self.flow_p)
+            if exp is not None:
+                self.export, self.parks = exp, 1
+                self._schedule(self.park_for, "resume", None)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05])
+def test_parked_mid_transfer_then_resumed_completes_exactly(loss):
+    sim = ParkingSim(seed=9, loss=loss, nbytes_pa=200_000, nbytes_ap=200_000)
+    sim.run()
+    assert sim.parks == 1
+    assert sim.counters_p["tcp.rx_parked"] > 0
+    hp, ha = sim.host_p[sim.flow_p], sim.host_a[sim.flow_a]
+    assert bytes(hp.got) == sim.expected_at_p and bytes(ha.got) == sim.expected_at_a
+    assert hp.reset is False and ha.reset is False
+
+
+def test_import_into_a_fresh_endpoint():
+    """An export is self-contained: a new endpoint object (as after a
+    hand-back to a fresh owner) continues the connection from it."""
+    from netstack.tcp import TcpConfig, TcpEndpoint
+    from netstack.tcp.endpoint import ChallengeLimiter
+    from netstack.counters import Counters
+
+    h = Harness()
+    c = open_established(h)
+    host_read(h, c, b"abcdef")
+    s = c.expect(ACK | PSH, b"abcdef")
+    exp = h.layer.park(c.flow)
+    segs, acts = [], []
+    ep = TcpEndpoint(
+        flow=c.flow, link=0, guest_addr=c.guest, guest_port=c.gport, remote_addr=c.remote,
+        remote_port=c.rport, config=TcpConfig(), counters=Counters(), segments=segs,
+        actions=acts, limiter=ChallengeLimiter(10), iss=0, ts_offset=0,
+    )
+    ep.import_(h.now, exp)
+    assert ep.state is State.ESTABLISHED and acts == [ReadTcp(c.flow, exp.edge_credit)]
+    ep.on_timer(h.now + ep.tcb.rto)  # the unacknowledged bytes are retransmitted
+    assert [(x.header.seq, x.payload) for x in segs] == [(s.header.seq, b"abcdef")]
+    with pytest.raises(ValueError):
+        bad = dataclasses.replace(exp, to_host=bytes(3 << 20))
+        TcpEndpoint(
+            flow=1, link=0, guest_addr=c.guest, guest_port=1, remote_addr=c.remote, remote_port=2,
+            config=TcpConfig(), counters=Counters(), segments=[], actions=[],
+            limiter=ChallengeLimiter(1), iss=0, ts_offset=0,
+        ).import_(0.0, bad)
