@@ -25,9 +25,10 @@ Invariants
 * Per protocol, the number of flows never exceeds that protocol's limit
   (:meth:`insert` raises :class:`FlowTableFull`); the limits are separate so
   that a UDP flood cannot starve TCP and vice versa.
-* Each flow has at most one live entry in its protocol's deadline heap; the
-  heap is rebuilt when stale entries outnumber live flows, so it stays
-  O(flows) (bounded by construction).
+* Each flow has at most one live entry in its protocol's deadline heap; a
+  push that would take the heap past 2 x live flows + 64 rebuilds it from the
+  live flows, so it never exceeds 2 x the protocol's limit + 65 entries
+  (bounded by construction).
 
 States (one guarded :meth:`FlowTable.set_state`, transition table below)::
 

@@ -726,10 +726,13 @@ class TcpEndpoint:
         Returns True when an immediate ACK is due."""
         t = self.tcb
         counters = self.counters
-        if self._fin_pending:
-            counters.bump("tcp.rx_after_fin")
-            return True
         rx_end = (t.rcv_nxt + self._to_host_len) & MASK
+        if self._fin_pending:
+            # rx_end is the FIN's sequence number: anything reaching past it is bogus
+            end = (seq + len(payload)) & MASK
+            late = gt(end, rx_end) or (fin and end != rx_end)
+            counters.bump("tcp.rx_after_fin" if late else "tcp.rx_duplicate")
+            return True
         back = sub(rx_end, seq)
         plen = len(payload)
         if back < HALF:
@@ -882,13 +885,15 @@ class TcpEndpoint:
         return grow < HALF and grow >= self._sws_threshold()
 
     def _maybe_watch(self) -> None:
-        """A complete write left the window closed: ask the edge to tell us
-        when the host socket drains (no TcpWritable would come otherwise)."""
+        """The window offered is (nearly) closed and no write is pending:
+        only the edge can see the host socket drain, so ask it to say when
+        (no TcpWritable would come otherwise)."""
         if self._watching or self._host_inflight or self._host_blocked:
             return
         if self.state not in RECEIVING:
             return
-        if self.tcb.host_space < self._sws_threshold():
+        t = self.tcb
+        if sub(t.rcv_adv, t.rcv_nxt) < self._sws_threshold():
             self._watching = True
             self._acts.append(WatchTcpWritable(self.flow))
 

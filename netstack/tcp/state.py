@@ -42,6 +42,10 @@ class State(enum.Enum):
     LAST_ACK = "LAST_ACK"
     TIME_WAIT = "TIME_WAIT"
 
+    # Members are singletons compared by identity: hash them by identity too
+    # (Enum's default hashes the name in Python code, on every set lookup).
+    __hash__ = object.__hash__
+
 
 S = State
 

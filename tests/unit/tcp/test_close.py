@@ -5,7 +5,7 @@ import errno
 import pytest
 
 from netstack.actions import CloseTcp, OpenTcp, ReadTcp, SendTcp, ShutdownTcp
-from netstack.events import TcpHostEof, TcpHostReset, TcpReceived, TcpSent, TcpWritable
+from netstack.events import TcpConnected, TcpHostEof, TcpHostReset, TcpReceived, TcpSent, TcpWritable
 from netstack.nat import FlowState
 from netstack.tcp import Disposition, State
 
@@ -349,3 +349,49 @@ def test_paws_drops_old_timestamp():
     c.expect(ACK, ack=c.seq)
     assert h.actions() == []
     assert h.counters["tcp.rx_paws"] == 1
+
+
+def test_connection_churn_stays_bounded():
+    """Thousands of short connections through a small table: TIME_WAIT flows
+    are recycled, lookups stay dict lookups, the timer heap stays bounded."""
+    from netstack.nat import PROTO_TCP, FlowTable
+
+    from .helpers import Conn
+
+    h = Harness(table=FlowTable(limits={PROTO_TCP: 64}))
+    table = h.layer.table
+    for i in range(3000):
+        c = Conn(h, gport=1024 + i)
+        c.send(SYN)
+        (o,) = h.actions()
+        c.flow = o.flow
+        h.event(TcpConnected(c.flow, 1 << 16))
+        s = c.expect(SYN | ACK)
+        c.ack = (s.header.seq + 1) & M
+        c.send(ACK | FIN)  # handshake ACK with a FIN: ShutdownTcp at once
+        h.event(TcpHostEof(c.flow))
+        acts = h.actions()
+        assert ShutdownTcp(c.flow) in acts
+        segs = c.recv()
+        assert segs[-1].header.flags & FIN
+        c.ack = (segs[-1].header.seq + 1) & M
+        c.send(ACK)
+        assert h.actions() == [CloseTcp(c.flow, False)]  # LAST_ACK -> CLOSED
+        h.now += 0.001
+        assert len(table) <= 64
+        assert len(table._heaps.get(PROTO_TCP, ())) <= 2 * 64 + 64 + 1
+    assert len(table) == 0
+    assert h.counters["tcp.passive_opens"] == 3000
+
+
+def test_segments_while_fin_waits_for_the_host():
+    h = Harness()
+    c = open_established(h)
+    c.send(ACK | FIN, b"abc")
+    h.actions()  # SendTcp outstanding: the FIN waits
+    c.send(ACK | FIN, b"abc", seq=(c.seq - 4) & M, advance=False)  # retransmission
+    c.expect(ACK, ack=(c.seq - 4) & M)
+    assert h.counters["tcp.rx_duplicate"] == 1
+    c.send(ACK, b"zz", seq=(c.seq - 1) & M, advance=False)  # data where the FIN is
+    c.expect(ACK)
+    assert h.counters["tcp.rx_after_fin"] == 1
