@@ -24,12 +24,13 @@ Opening:
 Guest → host (backpressure, not buffering): in-order guest bytes are queued
 and written with one SendTcp at a time; ``rcv_nxt`` (our ACK) advances only
 when TcpSent says the host socket took the bytes.  The window offered is
-the host socket's reported send space (capped by ``rcv_buf_max``), so the
-queue never holds more than one window.  A short write waits for
-TcpWritable; a complete write that leaves no space asks WatchTcpWritable.
-Segments beyond a hole wait in a bounded reorder queue.  The guest's FIN
-becomes ShutdownTcp once every byte before it is written, and only then is
-it acknowledged.
+the host socket's reported send space (capped by ``rcv_buf_max``); its
+right edge never moves left (RFC 9293 §3.8.6.2.2), so the queue never holds
+more than one window.  A short write waits for TcpWritable; when the window
+is nearly closed and no write is pending, WatchTcpWritable asks the edge to
+report the socket draining.  Segments beyond a hole wait in a bounded
+reorder queue.  The guest's FIN becomes ShutdownTcp once every byte before
+it is written, and only then is it acknowledged.
 
 Host → guest: ReadTcp(credit) lets the edge read at most what fits the
 guest's window and ``snd_buf_max`` minus what is already buffered (absolute
@@ -49,6 +50,16 @@ next sequence number (either our ACK point or the next byte expected, which
 differ while bytes wait for the host), an in-window RST or any SYN in a
 synchronized state draws a rate-limited challenge ACK, and ACKs older than
 the largest window are challenged too.  Every early return bumps a counter.
+Deviations, each for the forwarder's two ACK points (see _acceptable and
+the TS.Recent update): a segment starting at the next expected byte is
+always acceptable (its payload is trimmed to the window), one starting
+between our ACK point and the next expected byte is a legitimate
+retransmission, and TS.Recent follows the in-order point.
+
+Bounds per flow: bytes toward the host <= the window offered (<=
+``rcv_buf_max`` + one window-scale unit); send buffer <= ``snd_buf_max``;
+reorder queue <= ``reorder_max_segments`` segments and ``rcv_buf_max``
+bytes; one timer.
 
 Not done (deliberately): SACK (so SACK-permitted is never offered), urgent
 data (URG is ignored; the bytes are delivered inline), delayed ACKs (ACKs go
@@ -57,8 +68,11 @@ Open (data on a SYN is not acknowledged; the guest resends it).
 
 Closing: every flow ends with exactly one CloseTcp (graceful when both FINs
 are done, reset=True on aborts, also after TcpConnectFailed — the edge
-ignores a CloseTcp for a socket it already dropped).  TIME_WAIT lasts
-``time_wait_s`` with all buffers freed.
+ignores a CloseTcp for a socket it already dropped).  A guest RST in
+CLOSING/LAST_ACK when only our FIN is unacknowledged closes gracefully:
+nothing was lost.  Our FIN may go out into a zero window.  TIME_WAIT lasts
+``time_wait_s`` with all buffers freed, restarted by any retransmission
+from the guest (our last ACK was lost).
 
 Export/import: :meth:`export` snapshots an ESTABLISHED endpoint (TCB, the
 unacknowledged+unsent send bytes, the bytes still queued toward the host,
