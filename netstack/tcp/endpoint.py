@@ -110,6 +110,7 @@ _log = logging.getLogger("netstack.tcp")
 TS_OPTION_LEN = 12  # NOP NOP + kind/len + 2 x 32 bits (RFC 7323 Appendix A layout)
 CLOCK_GRANULARITY_S = 0.001  # our TSval ticks in milliseconds (RFC 6298 "G")
 CWND_MAX = 1 << 30
+PAWS_IDLE_S = 24 * 86400  # a TS.Recent older than this is invalid (RFC 7323 §5.5)
 
 # timer kinds (one timer per endpoint: the cases never overlap)
 T_NONE = 0
@@ -373,6 +374,7 @@ class TcpEndpoint:
         self._offer_ws = ws_ok
         if ts_ok:
             t.ts_recent = syn.timestamp[0]
+            t.ts_recent_at = now
         if ws_ok:
             t.snd_wscale = syn.wscale
         self._negotiate(syn.mss, ts_ok, ws_ok)
@@ -467,6 +469,7 @@ class TcpEndpoint:
         self._offer_ws = ws_ok
         if ts_ok:
             t.ts_recent = h.timestamp[0]
+            t.ts_recent_at = now
         if ws_ok:
             t.snd_wscale = h.wscale
         self._negotiate(h.mss, ts_ok, ws_ok)
@@ -524,10 +527,17 @@ class TcpEndpoint:
             counters.bump("tcp.rx_syn_retransmit")
             if t.ts_ok and ts is not None:
                 t.ts_recent = ts[0]
+                t.ts_recent_at = now
             self._send_syn(now, with_ack=True)
             return
         # PAWS (RFC 7323 §5.3)
-        if t.ts_ok and ts is not None and not flags & RST and lt(ts[0], t.ts_recent):
+        if (
+            t.ts_ok
+            and ts is not None
+            and not flags & RST
+            and lt(ts[0], t.ts_recent)
+            and now - t.ts_recent_at < PAWS_IDLE_S  # RFC 7323 §5.5: TS.Recent goes stale
+        ):
             counters.bump("tcp.rx_paws")
             self._send_ack(now)
             return
@@ -539,6 +549,7 @@ class TcpEndpoint:
             # wait for the host, so a hole-filling segment would never be
             # echoed and the guest's RTO would balloon: rx_end keeps the intent.
             t.ts_recent = ts[0]
+            t.ts_recent_at = now
         if not self._acceptable(seq, plen + (flags & SYN and 1) + (flags & FIN and 1), rx_end):
             if flags & RST:
                 counters.bump("tcp.rx_rst_out_of_window")

@@ -25,7 +25,9 @@ Field meanings (sequence numbers are mod 2**32, see seq.py):
 * ``mss``: maximum segment size toward the guest (the guest's MSS clamped to
   ours), excluding TCP options.
 * ``ts_ok``: timestamps negotiated (RFC 7323 §3); ``ts_recent``: the guest's
-  TSval to echo; ``ts_offset``: our random per-connection TSval offset.
+  TSval to echo, and ``ts_recent_at`` when it was taken (PAWS ignores a
+  TS.Recent idle for 24 days, RFC 7323 §5.5); ``ts_offset``: our random
+  per-connection TSval offset.
 * ``srtt``/``rttvar``/``rto``: RFC 6298 state in seconds (srtt < 0: no
   sample yet).
 * ``cwnd``/``ssthresh``: RFC 5681 congestion state in bytes.
@@ -58,6 +60,7 @@ class Tcb:
     mss: int = 536
     ts_ok: bool = False
     ts_recent: int = 0
+    ts_recent_at: float = 0.0
     ts_offset: int = 0
     srtt: float = -1.0
     rttvar: float = 0.0

@@ -395,3 +395,15 @@ def test_segments_while_fin_waits_for_the_host():
     c.send(ACK, b"zz", seq=(c.seq - 1) & M, advance=False)  # data where the FIN is
     c.expect(ACK)
     assert h.counters["tcp.rx_after_fin"] == 1
+
+
+def test_paws_ignores_a_stale_ts_recent():
+    h = Harness()
+    c = open_established(h, timestamp=(4000, 0))  # TS.Recent becomes 5000
+    c.send(ACK, b"old", timestamp=(10, 0), advance=False)
+    assert h.counters["tcp.rx_paws"] == 1  # an older TSval: dropped...
+    c.recv()
+    h.now += 25 * 86400  # ...but after 25 idle days TS.Recent is stale
+    c.send(ACK, b"new", timestamp=(10, 0))
+    assert h.actions() == [SendTcp(c.flow, b"new")]
+    assert h.counters["tcp.rx_paws"] == 1
