@@ -166,6 +166,25 @@ class Stack:
         self._drain_tcp()
         return flow
 
+    def tcp_resume(self, flow: int, export, now: float) -> None:
+        """Take back a TCP flow a datapath had (see TcpLayer.resume)."""
+        self.tcp.resume(now, flow, export)
+        self._drain_tcp()
+
+    def touch_flows(self, flow_ids, now: float) -> None:
+        """These flows carried traffic the core did not see (a datapath moved
+        it): refresh their idle timers."""
+        flows = self.flows
+        for flow_id in flow_ids:
+            flow = flows.get(flow_id)
+            if flow is not None:
+                flows.touch(flow, now)
+
+    def our_mac_for(self, addr: bytes) -> bytes:
+        """The MAC frames from ``addr`` carry toward the guest: the DNS
+        address has its own, everything else comes through the gateway."""
+        return self.plan.mac_of(addr) or self.plan.gateway_mac
+
     def _drain_tcp(self) -> None:
         tcp = self.tcp
         for seg in tcp.drain_segments():
@@ -258,8 +277,7 @@ class Stack:
 
     def send_built(self, dst: bytes, build, src: bytes | None = None) -> None:
         """Send ``build(guest_mac, our_mac)`` to the guest at ``dst``, resolving its MAC."""
-        our_mac = self.plan.mac_of(src) if src is not None else None
-        our_mac = our_mac or self.plan.gateway_mac
+        our_mac = self.our_mac_for(src) if src is not None else self.plan.gateway_mac
         mac = self.neighbors.lookup(dst)
         if mac is not None:
             self._queue(build(mac, our_mac))

@@ -212,6 +212,14 @@ class HostSockets:
             self.emit(ev.TcpReceived(flow, data))
         self.driver.flush()
 
+    def detach_tcp(self, flow: int) -> None:
+        """A datapath takes the flow over: stop watching its socket (it stays ours)."""
+        conn = self.tcp.get(flow)
+        if conn is not None:
+            conn.credit = 0
+            self._stop_reading(conn)
+            self._unwatch_writable(conn)
+
     def shutdown_tcp(self, a: act.ShutdownTcp) -> None:
         conn = self.tcp.get(a.flow)
         if conn is None:
@@ -282,7 +290,8 @@ class HostSockets:
             sock.close()
             return
         self.udp[a.flow] = sock
-        self.driver.watch(sock.fileno(), "host_udp", a.flow)
+        if not self.driver.udp_opened(a.flow, sock.fileno()):
+            self.driver.watch(sock.fileno(), "host_udp", a.flow)
 
     def send_udp(self, a: act.SendUdp) -> None:
         sock = self.udp.get(a.flow)
@@ -316,6 +325,13 @@ class HostSockets:
             self.emit(ev.UdpReceived(flow, socket.inet_pton(sock.family, peer[0]), peer[1], data))
         self.driver.flush()
 
+    def drain_udp_errors(self, flow: int) -> None:
+        """Report the ICMP errors queued on the flow's socket (IP_RECVERR)."""
+        sock = self.udp.get(flow)
+        if sock is not None:
+            self._drain_udp_errors(flow, sock)
+            self.driver.flush()
+
     def _drain_udp_errors(self, flow: int, sock: socket.socket) -> None:
         for _ in range(64):
             try:
@@ -334,6 +350,7 @@ class HostSockets:
     def close_udp(self, a: act.CloseUdp) -> None:
         sock = self.udp.pop(a.flow, None)
         if sock is not None:
+            self.driver.udp_closing(a.flow)
             self.driver.unwatch(sock.fileno())
             sock.close()
 

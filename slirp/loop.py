@@ -70,6 +70,7 @@ class Driver:
         self._exit_poll: select.epoll | None = None
         self.status = 0
         self._flushing = False
+        self.offload = None  # slirp.offload.Offload when a datapath is in use
 
     # -- registration -------------------------------------------------------
 
@@ -183,6 +184,14 @@ class Driver:
         self.flush()
 
     # -- output ---------------------------------------------------------------
+
+    def udp_opened(self, flow: int, fd: int) -> bool:
+        """A UDP flow's socket is open: True if a datapath took it over."""
+        return self.offload.udp_opened(flow, fd) if self.offload is not None else False
+
+    def udp_closing(self, flow: int) -> None:
+        if self.offload is not None:
+            self.offload.forget(flow)
 
     def post_event(self, event) -> None:
         """An outcome from the host side, for the stack (hostsock.py calls this)."""

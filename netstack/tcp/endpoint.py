@@ -1228,6 +1228,18 @@ class TcpEndpoint:
             and not self._fin_sent
         )
 
+    def offloadable(self) -> bool:
+        """Exportable with nothing in flight either way (no unacknowledged or
+        unsent bytes, nothing queued toward the host, no EOF seen): a
+        datapath can take the connection over from here."""
+        return (
+            self.can_export()
+            and len(self._snd) == 0
+            and self._to_host_len == 0
+            and not self._host_eof
+            and not self._host_blocked
+        )
+
     def export(self) -> EndpointExport:
         """Snapshot an ESTABLISHED endpoint for another owner (see can_export)."""
         if not self.can_export():

@@ -88,6 +88,7 @@ class TcpLayer:
         "_limiter",
         "_quotes",
         "_events",
+        "offload_ready",
     )
 
     def __init__(
@@ -109,6 +110,9 @@ class TcpLayer:
         self._unreachables: list[IcmpUnreachable] = []
         self._limiter = ChallengeLimiter(self.config.challenge_acks_per_s)
         self._quotes: dict[int, tuple[bytes, bytes | None]] = {}  # flow id -> SYN quote while CONNECTING
+        # Flows that just became offloadable (ESTABLISHED, idle): the edge may
+        # park them for a datapath.  Cleared by whoever reads it.
+        self.offload_ready: set[int] = set()
         self._events = {
             TcpConnected: self._connected,
             TcpConnectFailed: self._connect_failed,
@@ -173,6 +177,8 @@ class TcpLayer:
             self._quotes.pop(flow.id, None)
         if st is State.TIME_WAIT and not flow.evictable:
             table.set_evictable(flow, True)
+        elif st is State.ESTABLISHED and not ep.parked and ep.offloadable():
+            self.offload_ready.add(flow.id)
         table.set_deadline(flow, ep.deadline())
         table.touch(flow, now)
 

@@ -1,0 +1,136 @@
+"""Moving flows between the sans-IO core and the datapath (slirp/datapath/).
+
+The Driver owns one :class:`Offload` when a datapath is in use.  It
+
+* reads the TAP through the datapath and hands the slow items to the stack,
+  in order (a frame for netstack; an ejected TCP flow, resumed in netstack
+  before any later item; a too-big UDP datagram; a UDP error to drain);
+* after every flush, installs the TCP flows netstack reports as offloadable
+  (ESTABLISHED with nothing in flight: ``TcpLayer.offload_ready``) — park in
+  netstack, stop watching the socket in the edge, install in the datapath;
+* installs UDP NAT flows as their sockets open, and removes them before the
+  edge closes them;
+* every ACTIVITY_REFRESH_S, refreshes in netstack's flow table the idle
+  timers of UDP flows whose traffic only the datapath saw.
+
+A flow the datapath cannot take (its guest MAC unknown yet, say) simply stays
+in netstack, which is always correct — only slower.
+"""
+
+from __future__ import annotations
+
+from netstack import events as ev
+from netstack.tcp import EndpointExport, State
+from netstack.udp import UdpNatFlow
+
+from .datapath import Ejected, Frame, TcpFlow, UdpDatagram, UdpError, UdpFlow
+
+ACTIVITY_REFRESH_S = 5.0
+
+
+class Offload:
+    def __init__(self, driver, datapath):
+        self.driver = driver
+        self.dp = datapath
+        self.stack = driver.stack
+        self.hostsocks = driver.hostsocks
+        self.counters = driver.counters
+
+    # -- slow items -----------------------------------------------------------
+
+    def deliver(self, items: list, now: float) -> None:
+        stack = self.stack
+        for item in items:
+            kind = type(item)
+            if kind is Frame:
+                stack.frame_from_guest(memoryview(item.data), now)
+            elif kind is Ejected:
+                self._resume(item, now)
+            elif kind is UdpDatagram:
+                stack.handle_event(ev.UdpReceived(item.flow, item.addr, item.port, item.data), now)
+            elif kind is UdpError:
+                self.hostsocks.drain_udp_errors(item.flow)
+
+    def _resume(self, ej: Ejected, now: float) -> None:
+        self.counters.bump(f"offload.ejected_{ej.reason}")
+        export = EndpointExport(
+            tcb=ej.tcb,
+            state=State.ESTABLISHED,
+            send_bytes=ej.send_bytes,
+            to_host=b"",
+            host_eof=ej.host_eof,
+            host_blocked=False,
+            edge_credit=0,
+        )
+        self.stack.tcp_resume(ej.flow, export, now)
+        if ej.reason == "host_error":
+            self.stack.handle_event(ev.TcpHostReset(ej.flow, ej.errno), now)
+
+    # -- installing -----------------------------------------------------------
+
+    def install_ready(self, now: float) -> None:
+        """Take over the flows netstack just made offloadable."""
+        tcp = self.stack.tcp
+        ready = tcp.offload_ready
+        if not ready:
+            return
+        flows = list(ready)
+        ready.clear()
+        for flow_id in flows:
+            self._install_tcp(flow_id, now)
+
+    def _install_tcp(self, flow_id: int, now: float) -> None:
+        stack = self.stack
+        ep = stack.tcp.endpoint(flow_id)
+        conn = self.hostsocks.tcp.get(flow_id)
+        if ep is None or ep.parked or not ep.offloadable() or conn is None or conn.connecting:
+            return
+        guest_mac = stack.neighbors.lookup(ep.guest_addr)
+        if guest_mac is None:
+            self.counters.bump("offload.no_guest_mac")
+            return
+        export = stack.tcp.park(flow_id)
+        if export is None:
+            return
+        self.hostsocks.detach_tcp(flow_id)
+        self.dp.install_tcp(
+            TcpFlow(
+                flow=flow_id,
+                fd=conn.fd,
+                guest_addr=ep.guest_addr,
+                guest_port=ep.guest_port,
+                remote_addr=ep.remote_addr,
+                remote_port=ep.remote_port,
+                guest_mac=guest_mac,
+                our_mac=stack.our_mac_for(ep.remote_addr),
+                tcb=export.tcb,
+                rcv_buf_max=stack.tcp.config.rcv_buf_max,
+                now=now,
+            )
+        )
+        self.counters.bump("offload.tcp_installed")
+
+    def udp_opened(self, flow_id: int, fd: int) -> bool:
+        """A UDP socket was opened for ``flow_id``: True if the datapath took it
+        (the edge must then not watch it)."""
+        stack = self.stack
+        flow = stack.flows.get(flow_id)
+        if flow is None or not isinstance(flow.endpoint, UdpNatFlow):
+            return False  # DNS upstream flows stay with netstack's forwarder
+        ep = flow.endpoint
+        guest_mac = stack.neighbors.lookup(ep.guest_addr)
+        if guest_mac is None:
+            return False
+        # Replies come from many remotes, all through the gateway's MAC (DNS
+        # flows, the only ones from the DNS address, are not installed).
+        self.dp.install_udp(UdpFlow(flow_id, fd, ep.guest_addr, ep.guest_port, guest_mac, stack.plan.gateway_mac))
+        self.counters.bump("offload.udp_installed")
+        return True
+
+    def forget(self, flow_id: int) -> None:
+        """The edge is about to close ``flow_id``'s socket."""
+        if self.dp.owns(flow_id):
+            self.dp.remove_udp(flow_id)
+
+    def refresh_activity(self, now: float) -> None:
+        self.stack.touch_flows(self.dp.take_activity(), now)
