@@ -1,10 +1,14 @@
 """Start-up, ready fd, exit fd, signals and orderly shutdown (compat spec §3, §5, §10).
 
-Order of start-up, as slirp4netns: warnings → namespace child brings back the
-TAP → banner → stack → (sandbox) → API socket → (seccomp) → ready byte →
-main loop.  The process the caller started is the one that keeps running: we
-never fork into the background, so callers can ``kill $!``, read
-``/proc/$!/...`` and wait for us.
+Order of start-up, as slirp4netns (compat spec §3): warnings → namespace
+child brings back the TAP → banner → stack → API socket bound and listening
+→ ``run -p`` forwards → (sandbox) → (seccomp) → ready byte → main loop.  The
+ready byte is written from the running loop, so a client that reads it can
+use the API at once (RootlessKit relies on that).  The process the caller
+started is the one that keeps running: we never fork into the background, so
+callers can ``kill $!``, read ``/proc/$!/...`` and wait for us.  An orderly
+exit (exit fd, SIGTERM/SIGINT, the end of ``run``'s command) closes the
+forwards and removes the API socket file.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ NOT_ACTIVE_YET: dict[str, str] = {
     "enable_ipv6": "--enable-ipv6",
     "enable_sandbox": "--enable-sandbox",
     "enable_seccomp": "--enable-seccomp",
-    "api_socket": "--api-socket",
 }
 
 
@@ -65,6 +68,21 @@ def serve(cfg: Config, child=None) -> int:
             "WARNING: ping to outside addresses is off: this user may not open ICMP sockets "
             "(sysctl net.ipv4.ping_group_range); ping of the gateway and DNS addresses works\n"
         )
+    failed = open_edge(cfg, driver)
+    if failed is not None:
+        driver.close_edge()
+        if child is not None:
+            sys.stderr.write(f"slirpnet run: {failed}\n")
+            sys.stderr.flush()
+            child.abandon()
+            return STATUS_SLIRPNET_FAILED
+        sys.stderr.write(f"{failed}\ndo_slirp is exiting\nparent failed\n")
+        sys.stderr.flush()
+        return 1
+
+    # --enable-sandbox / --enable-seccomp are applied here: after the API
+    # socket is bound and the forwards' host sockets exist, before the ready
+    # byte (compat spec §3 steps 11-13).
 
     def ready() -> None:
         # Called by the running loop: signal handlers are live by now (uvloop
@@ -75,6 +93,26 @@ def serve(cfg: Config, child=None) -> int:
             child.start()
 
     return driver.run(on_running=ready)
+
+
+def open_edge(cfg: Config, driver) -> str | None:
+    """The API socket, then the ``run -p`` forwards; returns an error message or None."""
+    from .portfwd import AddFailed, ForwardSpec, parse_ipv4, parse_publish
+
+    if cfg.api_socket is not None:
+        try:
+            driver.open_api(cfg.api_socket)
+        except OSError as err:
+            return f"cannot listen on the API socket {cfg.api_socket}: {err.strerror or err}"
+    for text in cfg.publish:
+        mapping = parse_publish(text)  # checked when the command line was parsed
+        host_addr = mapping.host_addr if mapping.host_addr is not None else parse_ipv4("0.0.0.0")
+        spec = ForwardSpec(mapping.proto, host_addr, mapping.host_port, None, mapping.guest_port)
+        try:
+            driver.forwards.add(spec)
+        except AddFailed as failed:
+            return f"cannot publish {text}: {failed.reason}"
+    return None
 
 
 def raise_fd_limit() -> None:

@@ -8,6 +8,13 @@ hands each to the sans-IO stack, then :meth:`flush` writes the stack's frames
 to the TAP, carries out its actions through the host-socket edge, and re-arms
 the one timer for the stack's next deadline.  This module is the only place
 that reads the clock (``loop.time()``, monotonic seconds).
+
+The edge's other fds are watched here too: the API socket and its clients
+(``API_*`` kinds, served by :class:`slirp.api.ApiServer`, never blocking the
+loop) and the port-forward host sockets (``FORWARD_*``, owned by
+:class:`slirp.portfwd.ForwardRegistry`).  What arrives on a forward is handed
+to :meth:`Driver.forward_accepted` / :meth:`Driver.forward_datagram`, the
+entry points of the TCP/UDP datapath toward the guest.
 """
 
 from __future__ import annotations
@@ -18,15 +25,19 @@ import errno
 import os
 import select
 import signal
+import socket
+import struct
 import sys
 
 import uvloop
 
 from netstack.stack import Stack, StackConfig
 
+from .api import ApiServer
 from .config import Config
 from .hostsock import HostSockets, ping_sockets_allowed
 from .resolvconf import RESOLV_CONF_CHECK_S, ResolvConf
+from .portfwd import ForwardRegistry
 from .tap import VNET_HDR_LEN
 
 TAP_READ_BUDGET = 256  # frames per wake-up
@@ -41,6 +52,11 @@ class FdKind(enum.Enum):
     HOST_TCP = "host_tcp"  # a flow's TCP socket, readable
     HOST_UDP = "host_udp"
     HOST_PING = "host_ping"
+    API_LISTENER = "api_listener"  # the API socket (slirp/api.py)
+    API_CONN = "api_conn"  # an API client, readable: its one request
+    API_REPLY = "api_reply"  # an API client, writable: the rest of a long reply
+    FORWARD_TCP = "forward_tcp"  # a port-forward listener (slirp/portfwd.py)
+    FORWARD_UDP = "forward_udp"  # a port-forward UDP socket
 
 
 class Driver:
@@ -55,6 +71,8 @@ class Driver:
         self.events: list = []
         self.hostsocks = HostSockets(self, cfg.outbound4, cfg.outbound6)
         self.resolv_conf = ResolvConf(cfg.resolv_conf)
+        self.forwards = ForwardRegistry(cfg.plan, host=self, counters=self.counters)
+        self.api = None  # an ApiServer once open_api() succeeded
         self.handlers = {
             FdKind.TAP: self.tap_readable_handler,
             FdKind.EXIT: self.exit_handler,
@@ -62,6 +80,11 @@ class Driver:
             FdKind.HOST_TCP: self.hostsocks.tcp_readable_handler,
             FdKind.HOST_UDP: self.hostsocks.udp_readable_handler,
             FdKind.HOST_PING: self.hostsocks.ping_readable_handler,
+            FdKind.API_LISTENER: self.api_listener_handler,
+            FdKind.API_CONN: self.api_request_handler,
+            FdKind.API_REPLY: self.api_reply_handler,
+            FdKind.FORWARD_TCP: self.forward_tcp_handler,
+            FdKind.FORWARD_UDP: self.forward_udp_handler,
         }
         self._tap_buf = bytearray(TAP_BUF_LEN)
         self._tap_view = memoryview(self._tap_buf)
@@ -79,6 +102,96 @@ class Driver:
 
     def unwatch(self, fd: int) -> None:
         self.loop.remove_reader(fd)
+
+    def watch_writable(self, fd: int, kind: FdKind, *args) -> None:
+        self.loop.add_writer(fd, self.handlers[kind], *args)
+
+    def unwatch_writable(self, fd: int) -> None:
+        self.loop.remove_writer(fd)
+
+    def call_later(self, delay_s: float, callback, *args) -> asyncio.TimerHandle:
+        return self.loop.call_later(delay_s, callback, *args)
+
+    # -- edge: API socket and port forwards -------------------------------------
+
+    def open_api(self, path: str) -> None:
+        """Bind and listen on the API socket (raises OSError); watched from now on."""
+        log = None if self.cfg.quiet else sys.stderr.buffer
+        server = ApiServer(path, self.forwards, host=self, kinds=FdKind, log=log, counters=self.counters)
+        server.open()
+        self.api = server
+
+    def close_edge(self) -> None:
+        """Orderly exit: close API clients and listener (unlinking the socket file),
+        and every forward's host socket.  Idempotent."""
+        if self.api is not None:
+            self.api.close()
+            self.api = None
+        self.forwards.close_all()
+
+    # ForwardHost (slirp/portfwd.py): the registry tells us what to watch.
+
+    def listener_opened(self, forward) -> None:
+        kind = FdKind.FORWARD_TCP if forward.proto == "tcp" else FdKind.FORWARD_UDP
+        self.watch(forward.sock.fileno(), kind, forward)
+
+    def listener_closing(self, forward) -> None:
+        if not forward.paused:
+            self.unwatch(forward.sock.fileno())
+
+    def listener_paused(self, forward, seconds: float) -> None:
+        self.unwatch(forward.sock.fileno())
+        self.loop.call_later(seconds, self._forward_resume, forward)
+
+    def _forward_resume(self, forward) -> None:
+        if self.forwards.resume(forward):
+            self.listener_opened(forward)
+
+    # The hand-off to the core.  Until the TCP/UDP datapath carries forwarded
+    # traffic, both close/drop what they are given, count it, and log the
+    # first one per forward.
+
+    def forward_accepted(self, forward, conn, peer_addr: bytes, peer_port: int) -> None:
+        """A host client connected to ``forward`` (a TCP forward).
+
+        ``conn``: the accepted socket, non-blocking, owned by this method
+        from now on (it must close it).  ``peer_addr``: the client's packed
+        address (4 or 16 bytes), ``peer_port`` its port — passed through as
+        the kernel reported them (mapping loopback peers to the gateway is the
+        core's rule, compat spec §4.6).  The connection is to be carried to
+        ``forward.target_addr``:``forward.target_port`` in the guest.
+        Called from :meth:`slirp.portfwd.ForwardRegistry.accept_ready`."""
+        self.counters.bump("portfwd.tcp_unhandled")
+        self._log_unhandled(forward, "connection", peer_addr, peer_port)
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not EOF
+        except OSError:
+            pass
+        conn.close()
+
+    def forward_datagram(self, forward, data: bytes, peer_addr: bytes, peer_port: int, reply) -> None:
+        """A datagram from a host peer arrived on ``forward`` (a UDP forward).
+
+        ``data``: the payload (bytes, kept by the callee if it wants);
+        ``peer_addr``/``peer_port`` as for :meth:`forward_accepted`;
+        ``reply(payload) -> bool`` sends a datagram back to exactly that peer
+        from the forward's host socket (False if it could not).  To be carried
+        to ``forward.target_addr``:``forward.target_port``.
+        Called from :meth:`slirp.portfwd.ForwardRegistry.datagrams_ready`."""
+        self.counters.bump("portfwd.udp_unhandled")
+        self._log_unhandled(forward, "datagram", peer_addr, peer_port)
+
+    def _log_unhandled(self, forward, what: str, peer_addr: bytes, peer_port: int) -> None:
+        if forward.unhandled_logged or self.cfg.quiet:
+            return
+        forward.unhandled_logged = True
+        family = socket.AF_INET if len(peer_addr) == 4 else socket.AF_INET6
+        sys.stderr.write(
+            f"slirpnet: forward {forward.id} ({forward.describe()}): {what} from "
+            f"{socket.inet_ntop(family, peer_addr)}:{peer_port} dropped: forwarding into the guest "
+            "is not implemented in this build (further drops are only counted)\n"
+        )
+        sys.stderr.flush()
 
     # -- main ---------------------------------------------------------------
 
@@ -102,6 +215,7 @@ class Driver:
                 self.loop.call_soon(on_running)
             self.loop.run_forever()
         finally:
+            self.close_edge()
             self.hostsocks.close_all()
             self.loop.close()
         return self.status
@@ -112,6 +226,7 @@ class Driver:
 
     def finish(self, status: int) -> int:
         """Orderly exit: what slirp4netns prints and removes on the exit fd."""
+        self.close_edge()
         if not self.cfg.quiet:
             sys.stderr.write("do_slirp is exiting\n")
             sys.stderr.flush()
@@ -161,6 +276,21 @@ class Driver:
             os.kill(self.child.pid, sig)
         except ProcessLookupError:
             pass
+
+    def api_listener_handler(self) -> None:
+        self.api.accept_handler()
+
+    def api_request_handler(self, conn) -> None:
+        self.api.request_handler(conn)
+
+    def api_reply_handler(self, conn) -> None:
+        self.api.reply_handler(conn)
+
+    def forward_tcp_handler(self, forward) -> None:
+        self.forwards.accept_ready(forward)
+
+    def forward_udp_handler(self, forward) -> None:
+        self.forwards.datagrams_ready(forward)
 
     def child_exited_handler(self) -> None:
         from .run import exit_status
