@@ -53,7 +53,8 @@ Run CMD in a new user + network namespace whose tap0 is connected by slirpnet.
 -6, --enable-ipv6        enable IPv6 (fd00::/64, gateway fd00::2)
 -a, --api-socket=PATH    serve the slirp4netns JSON API at PATH
 -p, --publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]
-                         forward a host port into the namespace (repeatable)
+                         forward a host port to the namespace's N+100 (10.0.2.100)
+                         (repeatable; ADDR defaults to 0.0.0.0 as in Docker)
 --outbound-addr=IPv4     bind outbound IPv4 sockets to this address or interface
 --outbound-addr6=IPv6    bind outbound IPv6 sockets to this address or interface
 --macaddress=MAC         MAC address of tap0
@@ -109,7 +110,7 @@ def parse_run_args(argv: list[str], prog: str) -> tuple[Config, list[str]]:
             elif key == "resolv-conf":
                 cfg.resolv_conf = value
             elif key == "p":
-                cfg.publish.append(value)
+                cfg.publish.append(_check_publish(value, prog))
             elif key == "verbose":
                 cfg.quiet = False
     except ConfigError as err:
@@ -122,6 +123,19 @@ def parse_run_args(argv: list[str], prog: str) -> tuple[Config, list[str]]:
         done.status = 2
         raise
     return cfg, command
+
+
+def _check_publish(text: str, prog: str) -> str:
+    """``-p [HOSTADDR:]HOSTPORT:GUESTPORT[/udp]``: exit status 2 when malformed."""
+    from .portfwd import MappingError, parse_publish
+
+    try:
+        mapping = parse_publish(text)
+    except MappingError as err:
+        raise Exit(2, stderr=f"{prog} run: bad --publish {text!r}: {err}\n") from None
+    if mapping.host_addr is not None and mapping.host_addr.version == 6:
+        raise Exit(2, stderr=f"{prog} run: bad --publish {text!r}: IPv6 forwards are not supported yet\n")
+    return text
 
 
 class NamespaceChild:
