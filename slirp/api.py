@@ -19,9 +19,10 @@ It never raises on client input.  Rules, in the order they are checked:
 2. the text up to the first NUL, after whitespace (and a UTF-8 BOM), must
    start with a complete JSON value; text after it is ignored (slirp4netns's
    parser is that lenient, and clients send a trailing ``\\n``).  Strict
-   JSON otherwise: no NaN/Infinity (nor 1e400), no duplicate keys, no ``\\u0000`` or lone
-   surrogates in strings, as slirp4netns's parser (parson) refuses them:
-   ``cannot parse JSON`` (also for an empty request or a silent client);
+   JSON otherwise, as slirp4netns's parser (parson): no NaN/Infinity (nor
+   1e400), no duplicate keys, no lone surrogates, no ``\\u0000`` in keys:
+   ``cannot parse JSON`` (also for an empty request or a silent client).
+   A ``\\u0000`` inside a string value ends it, as for slirp4netns's C code;
 3. not an object: ``json_object() failed``; no string ``execute``:
    ``no execute found``; another command: ``unknown execute``;
 4. per command, the §6.1/§6.3 checks in order (see :func:`_add_hostfwd`).
@@ -196,10 +197,9 @@ def parse_json_prefix(raw: bytes):
     try:
         with _recursion_headroom(_PARSE_RECURSION_HEADROOM):
             value, _ = decoder.raw_decode(text, start)
+            return _as_c_strings(value)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    _check_strings(value)
-    return value
 
 
 def _finite_float(text: str) -> float:
@@ -220,24 +220,43 @@ def _object_without_duplicates(pairs: list) -> dict:
     return obj
 
 
-def _check_strings(value) -> None:
-    """Refuse what parson refuses inside strings: NUL and lone surrogates (from ``\\u`` escapes)."""
+def _as_c_strings(value):
+    """Strings as slirp4netns sees them: parson keeps ``\\u0000`` in values, and
+    the C code reads them up to the NUL; keys with a NUL, and lone surrogates
+    anywhere, are parse errors in parson.  Edits the fresh value in place
+    (iteratively: it may nest 2047 deep)."""
+    if isinstance(value, str):
+        return _c_string(value)
     stack = [value]
     while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            _check_string(v)
-        elif isinstance(v, dict):
-            for k, item in v.items():
-                _check_string(k)
-                stack.append(item)
-        elif isinstance(v, list):
-            stack.extend(v)
+        container = stack.pop()
+        if isinstance(container, dict):
+            for key, item in container.items():
+                _check_surrogates(key)
+                if "\0" in key:
+                    raise ValueError("NUL in a key")
+                if isinstance(item, str):
+                    container[key] = _c_string(item)
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+        elif isinstance(container, list):
+            for i, item in enumerate(container):
+                if isinstance(item, str):
+                    container[i] = _c_string(item)
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+    return value
 
 
-def _check_string(s: str) -> None:
-    if "\0" in s or any("\ud800" <= ch <= "\udfff" for ch in s):
-        raise ValueError("string parson refuses")
+def _c_string(s: str) -> str:
+    _check_surrogates(s)
+    return s.split("\0", 1)[0]
+
+
+def _check_surrogates(s: str) -> None:
+    # Python's decoder joins valid pairs; what is left is a lone surrogate.
+    if any("\ud800" <= ch <= "\udfff" for ch in s):
+        raise ValueError("lone surrogate")
 
 
 @contextmanager

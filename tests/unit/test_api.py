@@ -101,8 +101,10 @@ ERROR_CASES = [
     ('{"execute":"list_hostfwd","n":01}', err(E.ERR_PARSE)),
     ('{"execute":"list_hostfwd","n":0x10}', err(E.ERR_PARSE)),
     ('{"execute":"list_hostfwd","x":"a\tb"}', err(E.ERR_PARSE)),  # raw control character
-    ('{"execute":"list_hostfwd","x":"\\u0000"}', err(E.ERR_PARSE)),
-    ('{"execute":"list_hostfwd","x":"\\ud800"}', err(E.ERR_PARSE)),
+    ('{"execute":"list_hostfwd","\\u0000":1}', err(E.ERR_PARSE)),  # NUL in a key
+    ('{"execute":"list_hostfwd","x":"\\ud800"}', err(E.ERR_PARSE)),  # lone surrogates
+    ('{"execute":"list_hostfwd","x":"\\udc00"}', err(E.ERR_PARSE)),
+    ('{"execute":"list_hostfwd","\\ud800":1}', err(E.ERR_PARSE)),
     ('{"execute":"add_hostfwd","execute":"list_hostfwd"}', err(E.ERR_PARSE)),  # duplicate key
     ("/* c */ {}", err(E.ERR_PARSE)),
     ('\0{"execute":"list_hostfwd"}', err(E.ERR_PARSE)),  # the request ends at the first NUL
@@ -311,11 +313,20 @@ def test_out_of_range_ports_are_listed_as_given_and_bound_modulo_65536(table):
         b'{"execute":"list_hostfwd","x":"\xff"}',  # invalid UTF-8 inside a string
         b'{"execute":"list_hostfwd","arguments":{"a":"\xc3\xa9"},"\xc3\xa9":1}',
         b'{"execute":"list_hostfwd","x":"\\ud83d\\ude00"}',  # a valid surrogate pair
+        b'{"execute":"list_hostfwd","x":"\\u0000"}',  # NUL inside a value: fine
+        b'{"execute":"list_hostfwd\\u0000anything"}',  # ...and the value ends there
         b'{"execute":"list_hostfwd","n":[' + b"[" * 1500 + b"]" * 1500 + b"]}",
     ],
 )
 def test_lenient_parsing(table, request_bytes):
     assert ask(table, request_bytes) == b'{"return":{"entries":[]}}'
+
+
+def test_a_nul_escape_ends_a_string_value_as_in_c(table):
+    body = ask(table, add('"proto":"tcp\\u0000x","host_addr":"127.0.0.1\\u0000junk","host_port":1,"guest_addr":"\\u0000","guest_port":2'))
+    assert body == b'{"return":{"id":1}}'
+    assert table.get(1).entry()["host_addr"] == "127.0.0.1"
+    assert table.get(1).entry()["guest_addr"] == "10.0.2.100"  # "" after the cut: the default
 
 
 def test_the_4096_byte_rule(table):
