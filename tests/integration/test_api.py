@@ -450,6 +450,65 @@ def test_socket_file_goes_on_sigterm(api):
     assert not os.path.exists(path)
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_fd_exhaustion_pauses_instead_of_spinning(netns, sockdir):
+    """slirpnet started with a hard fd limit a few above what it needs: silent API
+    clients use up the fds, so accept() fails with EMFILE on the API socket and on
+    a forward.  It must not spin (CPU time stays low) and must serve everyone once
+    fds are free again."""
+    path = os.path.join(sockdir, "api.sock")
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        ["prlimit", "--nofile=40:40", "--", *SLIRPNET, "-r", str(w), "--api-socket", path, str(netns.pid), "tap0"],
+        pass_fds=(w,), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    os.close(w)
+    clients = []
+    try:
+        assert os.read(r, 1) == b"1"
+        (p,) = free_ports(1)
+        assert request(path, add_req("tcp", p, host_addr="127.0.0.1")) == b'{"return":{"id":1}}'
+        for _ in range(45):  # more than the fds left: the rest wait in the API backlog
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            try:
+                c.connect(path)
+            except BlockingIOError:
+                pass
+            clients.append(c)
+        time.sleep(0.3)
+        fwd_clients = []
+        for _ in range(10):  # the kernel completes these handshakes; slirpnet cannot accept them
+            fc = socket.socket()
+            fc.setblocking(False)
+            try:
+                fc.connect(("127.0.0.1", p))
+            except BlockingIOError:
+                pass
+            fwd_clients.append(fc)
+        clients.extend(fwd_clients)
+        before = cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        assert cpu_seconds(proc.pid) - before < 0.3, "busy loop while out of fds"
+        # Once the silent clients time out, the fds come back and everyone is served.
+        for c in clients[:45]:
+            c.setblocking(True)
+            c.settimeout(30)
+            assert c.recv(4096) == err("bad request: cannot parse JSON")
+        assert request(path, LIST, timeout=20).startswith(b'{"return":{"entries":[{"id":1,')
+        assert proc.poll() is None
+    finally:
+        for c in clients:
+            c.close()
+        os.close(r)
+        stop(proc)
+
+
 # -- real clients ----------------------------------------------------------------------------------------
 
 

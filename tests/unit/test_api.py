@@ -795,3 +795,34 @@ def test_close_ends_open_connections(server):
     assert srv.conns == {} and host.readers == {} and host.live_timers() == []
     assert c.recv(10) == b""
     c.close()
+
+
+def test_fd_exhaustion_on_accept_pauses_the_listener(server):
+    srv, host = server
+    real = srv.sock
+
+    class NoFds:
+        calls = 0
+
+        def accept(self):
+            NoFds.calls += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        def fileno(self):
+            return real.fileno()
+
+    srv.sock = NoFds()
+    c = client(srv)
+    try:
+        srv.accept_handler()
+        assert NoFds.calls == 1 and "listener" not in host.kinds(), "not watched while out of fds"
+        (timer,) = host.live_timers()
+        assert timer.delay == api.API_ACCEPT_PAUSE_S
+        srv.sock = real
+        timer.fire()
+        assert "listener" in host.kinds()
+        srv.accept_handler()
+        assert len(srv.conns) == 1
+    finally:
+        srv.sock = real
+        c.close()
