@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import select
 import socket
 import time
 
@@ -221,7 +222,35 @@ def test_tcp_listener_options(real):
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
     assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
     assert s.getblocking() is False and s.get_inheritable() is False
-    assert LISTEN_BACKLOG >= 128
+
+
+def test_the_backlog_holds_a_burst_of_connections_before_any_accept(real):
+    """slirp4netns listens with a backlog of 1: a burst of clients then waits for SYN
+    retransmits (1 s and more).  Ours completes LISTEN_BACKLOG handshakes at once."""
+    reg, _ = real
+    fwd = reg.add(spec(host_addr=LO, host_port=EPHEMERAL))
+    n = LISTEN_BACKLOG
+    clients = []
+    try:
+        for _ in range(n):
+            c = socket.socket()
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", port_of(fwd)))
+            except BlockingIOError:
+                pass
+            clients.append(c)
+        deadline = time.monotonic() + 0.5  # well before the first SYN retransmit (1 s)
+        pending = set(clients)
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], list(pending), [], 0.05)
+            for c in writable:
+                if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    pending.discard(c)
+        assert not pending, f"{len(pending)} of {n} handshakes did not complete"
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_overlapping_and_identical_binds_are_refused_tcp_and_udp_coexist(real):
