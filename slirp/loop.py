@@ -103,8 +103,8 @@ class Driver:
     def unwatch(self, fd: int) -> None:
         self.loop.remove_reader(fd)
 
-    def watch_writable(self, fd: int, kind: FdKind, *args) -> None:
-        self.loop.add_writer(fd, self.handlers[kind], *args)
+    def watch_writable(self, fd: int, kind: FdKind | str, *args) -> None:
+        self.loop.add_writer(fd, self.handlers[FdKind(kind)], *args)
 
     def unwatch_writable(self, fd: int) -> None:
         self.loop.remove_writer(fd)
