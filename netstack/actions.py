@@ -94,7 +94,18 @@ class SendUdp:
 
 @dataclass(frozen=True, slots=True)
 class CloseUdp:
+    """Close the flow's socket — or, for a port-forward session, forget it."""
+
     flow: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyUdp:
+    """Send ``data`` back to the host peer of a UDP port-forward session,
+    from the forward's own socket (the peer sees the port it wrote to)."""
+
+    flow: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

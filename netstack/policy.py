@@ -75,6 +75,21 @@ class Policy:
             return _REFUSED if self.disable_host_loopback else Route(FORWARD, LOOPBACK6, port)
         return Route(FORWARD, dst, port)
 
+    def forward_source(self, peer: bytes) -> bytes:
+        """The source the guest sees for a port-forward client at ``peer``
+        (compat spec §4.6): the real address, except loopback and unspecified
+        peers — and peers that would look like the guest's own network —
+        which appear as the gateway."""
+        if len(peer) == 4:
+            if peer[0] == 127 or peer == b"\0\0\0\0" or self.plan.contains(peer):
+                return self.plan.gateway
+            return peer
+        if peer == LOOPBACK6 or peer == bytes(16) or peer[:8] == _PREFIX6:
+            return IPV6_GATEWAY
+        if peer[:12] == b"\0" * 10 + b"\xff\xff":  # v4-mapped from a dual-stack listener
+            return self.forward_source(peer[12:])
+        return peer
+
     def guest_view_of(self, addr: bytes) -> bytes:
         """The address the guest sees for a host address (the reverse of
         :meth:`route`): host loopback is the gateway."""

@@ -161,10 +161,18 @@ class Stack:
     def tcp_open_to_guest(self, guest_addr: bytes, guest_port: int, src: bytes, src_port: int, send_space: int, now: float):
         """Port forward: a host connection was accepted; open toward the guest.
 
-        ``src`` is the peer as the guest should see it.  Returns the flow id or None."""
+        ``src`` is the host peer's address; the guest sees the policy's
+        forward_source of it.  Returns the flow id or None."""
+        src = self.policy.forward_source(src)
         flow = self.tcp.open_to_guest(now, 0, guest_addr, guest_port, src, src_port, send_space)
         self._drain_tcp()
         return flow
+
+    def udp_forward_from_host(self, guest_addr: bytes, guest_port: int, peer: bytes, peer_port: int, data: bytes, now: float):
+        """A datagram from host peer ``peer``:``peer_port`` on a UDP forward to
+        the guest's ``guest_addr``:``guest_port``; returns the session flow id."""
+        src = self.policy.forward_source(peer)
+        return self.udp.forward_from_host(guest_addr, guest_port, src, peer_port, data, now)
 
     def tcp_resume(self, flow: int, export, now: float) -> None:
         """Take back a TCP flow a datapath had (see TcpLayer.resume)."""

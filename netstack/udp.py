@@ -57,6 +57,17 @@ class UdpNatFlow:
         self.guest_port = guest_port
 
 
+class UdpForwardFlow:
+    """Flow.endpoint of a port-forward session: a host peer's datagrams to a
+    forwarded port, and the guest's replies that go back through it."""
+
+    __slots__ = ("guest_addr", "guest_port")
+
+    def __init__(self, guest_addr: bytes, guest_port: int):
+        self.guest_addr = guest_addr
+        self.guest_port = guest_port
+
+
 class UdpLayer:
     __slots__ = ("stack", "flows", "policy", "dns", "dhcp", "link")
 
@@ -85,6 +96,11 @@ class UdpLayer:
         sport = view.src_port
         if sport == 0 or dport == 0:
             stack.counters.bump("udp.port_zero")
+            return
+        session = self.flows.lookup(FlowKey(self.link, PROTO_UDP, src, sport, dst, dport))
+        if session is not None:  # a reply within a port-forward session
+            self.flows.touch(session, now)
+            stack.emit(act.ReplyUdp(session.id, bytes(view.payload)))
             return
         if (len(dst) == 4 and dst[0] >= 224 and dst != b"\xff\xff\xff\xff") or (len(dst) == 16 and dst[0] == 0xFF):
             stack.counters.bump("udp.multicast")
@@ -134,6 +150,32 @@ class UdpLayer:
         if victim is not None:
             self.stack.counters.bump("udp.evicted")
             self.stack.emit(act.CloseUdp(victim.id))
+
+    # -- port forwards ---------------------------------------------------------
+
+    def forward_from_host(self, guest_addr: bytes, guest_port: int, src: bytes, sport: int, data: bytes, now: float):
+        """A datagram arrived on a UDP port forward from the host peer that the
+        guest sees as ``src``:``sport``.  Returns the session flow id (the edge
+        keeps the way back under it), or None if the table is full."""
+        flows = self.flows
+        key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, src, sport)
+        flow = flows.lookup(key)
+        if flow is None:
+            if flows.is_full(PROTO_UDP):
+                self._evict_one()
+            try:
+                flow = flows.insert(
+                    key, now, endpoint=UdpForwardFlow(guest_addr, guest_port),
+                    idle_timeout=UDP_IDLE_TIMEOUT_S, evictable=True,
+                )  # fmt: skip
+            except FlowTableFull:
+                self.stack.counters.bump("udp.table_full")
+                return None
+            flows.set_state(flow, FlowState.ESTABLISHED)
+        else:
+            flows.touch(flow, now)
+        self.send_to_guest(src, sport, guest_addr, guest_port, data)
+        return flow.id
 
     # -- from the host ----------------------------------------------------------
 

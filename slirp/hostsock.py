@@ -82,6 +82,7 @@ class HostSockets:
         self.outbound = {socket.AF_INET: outbound4, socket.AF_INET6: outbound6}
         self.tcp: dict[int, TcpConn] = {}
         self.udp: dict[int, socket.socket] = {}
+        self.udp_replies: dict[int, object] = {}  # port-forward sessions: flow -> reply(data)
         self.ping: dict[int, socket.socket] = {}
         self._table = {
             act.OpenTcp: self.open_tcp,
@@ -93,6 +94,7 @@ class HostSockets:
             act.OpenUdp: self.open_udp,
             act.SendUdp: self.send_udp,
             act.CloseUdp: self.close_udp,
+            act.ReplyUdp: self.reply_udp,
             act.OpenPing: self.open_ping,
             act.SendPing: self.send_ping,
             act.ClosePing: self.close_ping,
@@ -263,9 +265,14 @@ class HostSockets:
 
     @staticmethod
     def _send_space(conn: TcpConn) -> int:
+        return HostSockets.send_space_of(conn.sock)
+
+    @staticmethod
+    def send_space_of(sock: socket.socket) -> int:
+        """How much more the socket would take now: SO_SNDBUF - SIOCOUTQ."""
         try:
-            sndbuf = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            queued = struct.unpack("i", fcntl.ioctl(conn.fd, SIOCOUTQ, b"\0\0\0\0"))[0]
+            sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
         except OSError:
             return 0
         return max(0, sndbuf - queued)
@@ -347,7 +354,18 @@ class HostSockets:
                         addr = socket.inet_pton(sock.family, dest[0])
                         self.emit(ev.UdpFailed(flow, ee_errno, addr, dest[1]))
 
+    def forward_session(self, flow: int, reply) -> None:
+        """Remember how to answer the host peer of UDP forward session ``flow``."""
+        self.udp_replies[flow] = reply
+
+    def reply_udp(self, a: act.ReplyUdp) -> None:
+        reply = self.udp_replies.get(a.flow)
+        if reply is None or not reply(a.data):
+            self.counters.bump("host.udp_reply_failed")
+
     def close_udp(self, a: act.CloseUdp) -> None:
+        if self.udp_replies.pop(a.flow, None) is not None:
+            return
         sock = self.udp.pop(a.flow, None)
         if sock is not None:
             self.driver.udp_closing(a.flow)
@@ -414,6 +432,7 @@ class HostSockets:
             for sock in table.values():
                 sock.close()
             table.clear()
+        self.udp_replies.clear()
 
 
 def ping_sockets_allowed(family: int = socket.AF_INET) -> bool:

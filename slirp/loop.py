@@ -152,46 +152,36 @@ class Driver:
     # first one per forward.
 
     def forward_accepted(self, forward, conn, peer_addr: bytes, peer_port: int) -> None:
-        """A host client connected to ``forward`` (a TCP forward).
-
-        ``conn``: the accepted socket, non-blocking, owned by this method
-        from now on (it must close it).  ``peer_addr``: the client's packed
-        address (4 or 16 bytes), ``peer_port`` its port — passed through as
-        the kernel reported them (mapping loopback peers to the gateway is the
-        core's rule, compat spec §4.6).  The connection is to be carried to
-        ``forward.target_addr``:``forward.target_port`` in the guest.
+        """A host client connected to ``forward`` (a TCP forward): open toward
+        the guest's ``forward.target_addr``:``forward.target_port`` and carry
+        the connection (``conn`` is ours from now on).  The guest sees the
+        client's address, or the gateway for loopback clients (spec §4.6).
         Called from :meth:`slirp.portfwd.ForwardRegistry.accept_ready`."""
-        self.counters.bump("portfwd.tcp_unhandled")
-        self._log_unhandled(forward, "connection", peer_addr, peer_port)
-        try:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not EOF
-        except OSError:
-            pass
-        conn.close()
+        now = self.loop.time()
+        space = self.hostsocks.send_space_of(conn)
+        flow = self.stack.tcp_open_to_guest(forward.target_addr, forward.target_port, peer_addr, peer_port, space, now)
+        if flow is None:
+            self.counters.bump("portfwd.tcp_refused")
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not EOF
+            except OSError:
+                pass
+            conn.close()
+            return
+        self.hostsocks.adopt_tcp(flow, conn)
+        self.flush()
 
     def forward_datagram(self, forward, data: bytes, peer_addr: bytes, peer_port: int, reply) -> None:
-        """A datagram from a host peer arrived on ``forward`` (a UDP forward).
-
-        ``data``: the payload (bytes, kept by the callee if it wants);
-        ``peer_addr``/``peer_port`` as for :meth:`forward_accepted`;
-        ``reply(payload) -> bool`` sends a datagram back to exactly that peer
-        from the forward's host socket (False if it could not).  To be carried
-        to ``forward.target_addr``:``forward.target_port``.
+        """A datagram from a host peer on ``forward`` (a UDP forward): deliver
+        it to the guest in a session whose replies go back through ``reply``.
         Called from :meth:`slirp.portfwd.ForwardRegistry.datagrams_ready`."""
-        self.counters.bump("portfwd.udp_unhandled")
-        self._log_unhandled(forward, "datagram", peer_addr, peer_port)
-
-    def _log_unhandled(self, forward, what: str, peer_addr: bytes, peer_port: int) -> None:
-        if forward.unhandled_logged or self.cfg.quiet:
+        now = self.loop.time()
+        flow = self.stack.udp_forward_from_host(forward.target_addr, forward.target_port, peer_addr, peer_port, data, now)
+        if flow is None:
+            self.counters.bump("portfwd.udp_refused")
             return
-        forward.unhandled_logged = True
-        family = socket.AF_INET if len(peer_addr) == 4 else socket.AF_INET6
-        sys.stderr.write(
-            f"slirpnet: forward {forward.id} ({forward.describe()}): {what} from "
-            f"{socket.inet_ntop(family, peer_addr)}:{peer_port} dropped: forwarding into the guest "
-            "is not implemented in this build (further drops are only counted)\n"
-        )
-        sys.stderr.flush()
+        self.hostsocks.forward_session(flow, reply)
+        self.flush()
 
     # -- main ---------------------------------------------------------------
 

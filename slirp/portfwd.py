@@ -116,7 +116,6 @@ class Forward:
         "target_port",
         "sock",
         "paused",
-        "unhandled_logged",
     )
 
     def __init__(self, fid: int, spec: ForwardSpec, guest_addr: IPAddress, target_addr: bytes, sock):
@@ -131,7 +130,6 @@ class Forward:
         self.target_port = spec.guest_port % PORT_MODULUS
         self.sock = sock
         self.paused = False
-        self.unhandled_logged = False  # Driver: log the first unhandled connection only
 
     @property
     def is_open(self) -> bool:

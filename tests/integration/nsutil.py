@@ -36,7 +36,11 @@ class Netns:
         self.pid = self.proc.pid
         outer = os.readlink(f"/proc/{parent.pid}/ns/net" if parent is not None else "/proc/self/ns/net")
         deadline = time.monotonic() + 10
-        while _netns_of(self.pid) in (outer, None) or (parent is not None and _comm(self.pid) != "sleep"):
+        while (
+            _netns_of(self.pid) in (outer, None)
+            or _comm(self.pid) != "sleep"  # unshare has finished (uid_map written) and exec'd
+            or (parent is None and not _uid_map(self.pid))
+        ):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("unshare -n did not start")
             time.sleep(0.01)
@@ -59,6 +63,14 @@ def _netns_of(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/net")
     except OSError:
         return None
+
+
+def _uid_map(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/uid_map") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _comm(pid: int) -> str:
@@ -196,18 +208,48 @@ class Slirpnet:
         self._err.close()
 
 
+def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
+    """Start a helper process (a server, a pipeline) in a session of its own,
+    so that :func:`stop` ends it with everything it started."""
+    return subprocess.Popen(argv, start_new_session=True, **kwargs)
+
+
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """End ``proc`` by PID (TERM, then KILL) and reap it."""
-    if proc.poll() is not None:
-        return
+    """End ``proc`` by PID (TERM, then KILL) and reap it.
+
+    A process started in a session of its own (``start_new_session=True``,
+    as every shell pipeline in these tests is) is ended with its whole
+    process group — the group whose id is that PID — so the members of a
+    pipeline do not outlive it."""
+    group = _leads_group(proc.pid)
+    if proc.poll() is None:
+        try:
+            _signal(proc.pid, sig, group)
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _signal(proc.pid, signal.SIGKILL, group)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            proc.wait(timeout=5)
+    if group:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the pipeline
+        except ProcessLookupError:
+            pass
+
+
+def _leads_group(pid: int) -> bool:
     try:
-        os.kill(proc.pid, sig)
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+        return os.getpgid(pid) == pid
     except ProcessLookupError:
-        proc.wait(timeout=5)
+        return False
+
+
+def _signal(pid: int, sig: int, group: bool) -> None:
+    if group:
+        os.killpg(pid, sig)
+    else:
+        os.kill(pid, sig)
 
 
 def pid_alive(pid: int) -> bool:

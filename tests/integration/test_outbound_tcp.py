@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .nsutil import ENV, SLIRPNET, World, stop
+from .nsutil import ENV, SLIRPNET, World, spawn, stop
 
 GIB = 1 << 30
 
@@ -76,7 +76,7 @@ def test_run_curl_fetches_a_page_from_the_host(http_server):
 
 def test_tcp_echo_with_socat_and_ncat(netns, start_slirpnet):
     port = free_port()
-    server = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"])
+    server = spawn(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"])
     try:
         time.sleep(0.3)
         start_slirpnet(["-c", str(netns.pid), "tap0"])
@@ -104,7 +104,7 @@ while True:
     n += len(b)
 c.sendall(f"got {{n}} bytes".encode()); c.close()
 """
-    server = subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
+    server = spawn([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline() == "ready\n"
         start_slirpnet(["-c", str(netns.pid), "tap0"])
@@ -131,7 +131,7 @@ l.bind(("127.0.0.1", {port})); l.listen(1); print("ready", flush=True)
 c, _ = l.accept(); c.recv(10)
 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
 """
-    server = subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
+    server = spawn([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
     guest_code = f"""
 import socket
 s = socket.create_connection(("10.0.2.2", {port}), timeout=5)
@@ -163,7 +163,7 @@ try:
 except ConnectionResetError:
     print("reset", flush=True)
 """
-    server = subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
+    server = spawn([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
     guest_code = f"""
 import socket, struct
 s = socket.create_connection(("10.0.2.2", {port}), timeout=5)
@@ -193,7 +193,7 @@ def test_dns_address_other_ports_are_network_unreachable(netns, start_slirpnet):
 
 
 def test_tcp_to_a_remote_namespace(world, start_slirpnet):
-    server = subprocess.Popen(world.remote.enter("socat", "TCP-LISTEN:8080,reuseaddr,fork", "EXEC:cat"))
+    server = spawn(world.remote.enter("socat", "TCP-LISTEN:8080,reuseaddr,fork", "EXEC:cat"))
     try:
         time.sleep(0.3)
         start_slirpnet(["-c", str(world.guest.pid), "tap0"], prefix=world.slirpnet_prefix())
@@ -227,7 +227,7 @@ def test_disable_dns_connect_to_dns_address_times_out(world, start_slirpnet):
 def test_dns_over_tcp(world, start_slirpnet):
     from .test_outbound_udp import dig
 
-    proc = subprocess.Popen(
+    proc = spawn(
         world.host.enter(sys.executable, str(pathlib.Path(__file__).parent / "dnsserver.py"),
                          "127.0.0.1", "53", "web.test=192.0.2.10"),
         stdout=subprocess.PIPE, text=True, env=ENV,
@@ -250,12 +250,12 @@ def test_one_gib_byte_exact(netns, start_slirpnet, tmp_path, direction):
     sums.mkdir()
     sums.chmod(0o777)
     if direction == "guest_to_host":
-        server = subprocess.Popen(
+        server = spawn(
             ["sh", "-c", f"socat -u TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr - | sha256sum > {sums}/received"]
         )
         client = f"head -c {GIB} /dev/urandom | tee >(sha256sum > {sums}/sent) | socat -u - TCP:10.0.2.2:{port}"
     else:
-        server = subprocess.Popen(
+        server = spawn(
             ["bash", "-c", f"head -c {GIB} /dev/urandom | tee >(sha256sum > {sums}/sent) | "
                            f"socat -u - TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"]
         )  # fmt: skip

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .nsutil import ROOT, World, stop
+from .nsutil import ROOT, World, spawn, stop
 
 GUEST_UDP = """
 import socket, sys
@@ -153,7 +153,7 @@ def test_ping_and_udp_reach_a_remote_namespace(world, start_slirpnet):
     res = world.guest.run("ping", "-c", "2", "-W", "2", World.REMOTE_ADDR, timeout=15)
     assert res.returncode == 0, res.stdout
     assert b"2 received" in res.stdout
-    server = subprocess.Popen(world.remote.enter("socat", "UDP-RECVFROM:7777,fork", "EXEC:cat"))
+    server = spawn(world.remote.enter("socat", "UDP-RECVFROM:7777,fork", "EXEC:cat"))
     try:
         time.sleep(0.3)
         res = world.guest.run("sh", "-c", f"echo hi there | socat -t2 - UDP:{World.REMOTE_ADDR}:7777", timeout=10)
@@ -177,7 +177,7 @@ def test_ping_relay_refused_by_the_host_warns_and_drops(tmp_path, start_slirpnet
 
 def test_outbound_addr_binds_host_sockets(world, start_slirpnet):
     # A UDP server on the host namespace's loopback prints each peer's address.
-    server = subprocess.Popen(
+    server = spawn(
         world.host.enter(sys.executable, "-c", _PEER_PRINTER, "127.0.0.1", "9999"),
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -195,7 +195,7 @@ def test_outbound_addr_binds_host_sockets(world, start_slirpnet):
 
 
 def test_outbound_addr_by_interface_name(world, start_slirpnet):
-    server = subprocess.Popen(
+    server = spawn(
         world.host.enter(sys.executable, "-c", _PEER_PRINTER, "127.0.0.1", "9998"), stdout=subprocess.PIPE, text=True
     )
     try:
@@ -225,7 +225,7 @@ while True:
 @pytest.fixture
 def dns_server(world):
     """The test DNS server on the host namespace's 127.0.0.1:53 (UDP and TCP)."""
-    proc = subprocess.Popen(
+    proc = spawn(
         world.host.enter(
             sys.executable, str(ROOT / "tests/integration/dnsserver.py"), "127.0.0.1", "53",
             "web.test=192.0.2.10", "web6.test=2001:db8::10",
