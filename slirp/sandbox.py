@@ -64,7 +64,9 @@ already open (TAP, sockets, API socket, inherited fds) stay fully usable;
 /etc and /run stay readable (including secrets a uid may read there); the
 process keeps its uid, so it can still signal and ptrace-attach to the
 caller's other processes unless --enable-seccomp blocks ptrace; no resource
-limits are set.  Nothing may import a module, dlopen a library or exec
+limits are set.  A resolv.conf outside /etc and /run is bound as a file: a
+rewrite in place is seen, but a replacement by rename (or a re-pointed
+/etc/resolv.conf symlink) is not — inside /etc and /run both are.  Nothing may import a module, dlopen a library or exec
 after this step (glibc's NSS modules for files and dns are built into libc
 2.34+; others are not available in the sandbox).
 
