@@ -77,6 +77,7 @@ both.  Nothing else reads it.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import importlib
 import os
@@ -112,6 +113,7 @@ PRELOAD_MODULES = (
     "uvloop",
 )
 PRELOAD_PACKAGES = ("slirp", "netstack")
+NATIVE_MODULE = "slirp._native"
 
 
 class SandboxError(Exception):
@@ -230,7 +232,10 @@ def submounts(mount_points: list[str], top: str) -> list[str]:
 
 
 def thread_count() -> int:
-    return len(os.listdir("/proc/self/task"))
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError as err:
+        raise _fail("sandbox: /proc/self/task (is /proc mounted?)", err) from None
 
 
 def preload() -> None:
@@ -240,19 +245,24 @@ def preload() -> None:
         for info in pkgutil.walk_packages(package.__path__, package_name + "."):
             if info.name.rsplit(".", 1)[-1] == "__main__":
                 continue
-            try:
-                importlib.import_module(info.name)
-            except ImportError:
-                pass  # e.g. slirp._native not built: the Python datapath is used
+            _preload_module(info.name, optional=info.name == NATIVE_MODULE)
     for name in PRELOAD_MODULES:
-        importlib.import_module(name)
+        _preload_module(name)
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and getattr(stream, "encoding", None):
-            "".encode(stream.encoding)
+            codecs.lookup(stream.encoding)
     try:
         seccomp.library()
     except seccomp.SeccompError:
         pass  # --enable-seccomp reports it
+
+
+def _preload_module(name: str, optional: bool = False) -> None:
+    try:
+        importlib.import_module(name)
+    except ImportError as err:
+        if not optional:  # without the native module the Python datapath is used
+            raise SandboxError(f"sandbox: cannot preload {name}: {err}") from None
 
 
 def read_cap_last_cap(path: str = CAP_LAST_CAP_PATH) -> int:

@@ -343,3 +343,15 @@ def _read_all(fd: int, timeout: float) -> bytes:
         pytest.fail(f"no EOF on the ready fd (got {got!r})")
     finally:
         os.close(fd)
+
+
+def test_run_subcommand_confinement_failure_is_125_and_the_command_never_runs(tmp_path):
+    (tmp_path / "libseccomp.so.2").write_text("not an ELF file\n")
+    marker = tmp_path / "ran"
+    res = subprocess.run(
+        [*SLIRPNET, "run", "--enable-seccomp", "--", "touch", str(marker)],
+        capture_output=True, text=True, env={**ENV, "LD_LIBRARY_PATH": str(tmp_path)}, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 125
+    assert "enable_seccomp failed\nparent failed\n" in res.stderr
+    assert not marker.exists()
