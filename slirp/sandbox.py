@@ -113,7 +113,6 @@ PRELOAD_MODULES = (
     "uvloop",
 )
 PRELOAD_PACKAGES = ("slirp", "netstack")
-NATIVE_MODULE = "slirp._native"
 
 
 class SandboxError(Exception):
@@ -245,7 +244,7 @@ def preload() -> None:
         for info in pkgutil.walk_packages(package.__path__, package_name + "."):
             if info.name.rsplit(".", 1)[-1] == "__main__":
                 continue
-            _preload_module(info.name, optional=info.name == NATIVE_MODULE)
+            _preload_module(info.name)
     for name in PRELOAD_MODULES:
         _preload_module(name)
     for stream in (sys.stdout, sys.stderr):
@@ -257,12 +256,15 @@ def preload() -> None:
         pass  # --enable-seccomp reports it
 
 
-def _preload_module(name: str, optional: bool = False) -> None:
+def _preload_module(name: str) -> None:
+    """Import ``name`` if it can be: one that cannot be imported now could not
+    be later either, sandbox or not, and its users already handle that
+    (e.g. slirp._native not built, and what imports it: the Python datapath
+    is used instead)."""
     try:
         importlib.import_module(name)
-    except ImportError as err:
-        if not optional:  # without the native module the Python datapath is used
-            raise SandboxError(f"sandbox: cannot preload {name}: {err}") from None
+    except ImportError:
+        pass
 
 
 def read_cap_last_cap(path: str = CAP_LAST_CAP_PATH) -> int:
