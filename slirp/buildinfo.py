@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import pathlib
 import subprocess
+
+from .seccomp import library_version
 
 _HERE = pathlib.Path(__file__).resolve().parent
 
@@ -33,13 +33,5 @@ def commit() -> str:
 
 
 def libseccomp_version() -> str:
-    name = ctypes.util.find_library("seccomp")
-    if not name:
-        return "none"
-    try:
-        lib = ctypes.CDLL(name)
-        lib.seccomp_version.restype = ctypes.c_void_p
-        ver = ctypes.cast(lib.seccomp_version(), ctypes.POINTER(ctypes.c_uint * 3)).contents
-    except (OSError, AttributeError):
-        return "none"
-    return f"{ver[0]}.{ver[1]}.{ver[2]}"
+    """The libseccomp that --enable-seccomp loads (slirp/seccomp.py), or ``none``."""
+    return library_version()

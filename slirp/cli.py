@@ -94,7 +94,7 @@ def usage_text(prog: str) -> str:
 
 
 def version_text() -> str:
-    from . import buildinfo
+    from . import buildinfo  # only --version needs it
 
     return (
         f"slirpnet version {__version__}\n"
@@ -257,6 +257,7 @@ def _apply_option(cfg: Config, key: str, value: str | None, prog: str) -> None:
             cfg.warnings.append(_DEPRECATED[key])
         cfg.enable_sandbox = True
     elif key == "enable-seccomp":
+        cfg.warnings.append("WARNING: Support for seccomp is experimental")
         cfg.enable_seccomp = True
     elif key == "outbound-addr":
         cfg.outbound_addr = value

@@ -2,13 +2,15 @@
 
 Order of start-up, as slirp4netns (compat spec §3): warnings → namespace
 child brings back the TAP → banner → stack → API socket bound and listening
-→ ``run -p`` forwards → (sandbox) → (seccomp) → ready byte → main loop.  The
-ready byte is written from the running loop, so a client that reads it can
-use the API at once (RootlessKit relies on that).  The process the caller
-started is the one that keeps running: we never fork into the background, so
-callers can ``kill $!``, read ``/proc/$!/...`` and wait for us.  An orderly
-exit (exit fd, SIGTERM/SIGINT, the end of ``run``'s command) closes the
-forwards and removes the API socket file.
+→ ``run -p`` forwards → sandbox → seccomp → ready byte → main loop.  The
+sandbox and seccomp steps (:func:`confine`, slirp/sandbox.py,
+slirp/seccomp.py) come after every fd the process needs is open and before
+anything can reach it.  The ready byte is written from the running loop, so
+a client that reads it can use the API at once (RootlessKit relies on that).
+The process the caller started is the one that keeps running: we never fork
+into the background, so callers can ``kill $!``, read ``/proc/$!/...`` and
+wait for us.  An orderly exit (exit fd, SIGTERM/SIGINT, the end of ``run``'s
+command) closes the forwards and removes the API socket file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import resource
 import sys
 
+from . import sandbox, seccomp, tap
 from .config import Config
 
 STATUS_SLIRPNET_FAILED = 125  # `run`: slirpnet itself failed (as podman/docker run)
@@ -27,8 +30,6 @@ from .netns import ChildFailed, open_tap_in_target, target_from_config
 # release; using one says so instead of silently doing nothing.
 NOT_ACTIVE_YET: dict[str, str] = {
     "enable_ipv6": "--enable-ipv6",
-    "enable_sandbox": "--enable-sandbox",
-    "enable_seccomp": "--enable-seccomp",
 }
 
 
@@ -56,12 +57,14 @@ def serve(cfg: Config, child=None) -> int:
             return STATUS_SLIRPNET_FAILED
         return failed.status
 
-    from . import tap
-    from .loop import Driver
+    from .loop import Driver  # not at the top: loop -> run -> lifecycle
 
     offloads = tap.enable_offloads(tap_fd)
     out.write(banner(cfg))
     out.flush()
+    # resolv.conf is re-read for as long as we run; the sandbox moves the
+    # cwd to its new root, so a relative --resolv-conf is fixed now.
+    cfg.resolv_conf = os.path.abspath(cfg.resolv_conf)
     driver = Driver(cfg, tap_fd, offloads, child=child)
     if not driver.ping_relay and not cfg.quiet:
         sys.stderr.write(
@@ -80,9 +83,18 @@ def serve(cfg: Config, child=None) -> int:
         sys.stderr.flush()
         return 1
 
-    # --enable-sandbox / --enable-seccomp are applied here: after the API
-    # socket is bound and the forwards' host sockets exist, before the ready
-    # byte (compat spec §3 steps 11-13).
+    # --enable-sandbox / --enable-seccomp: after the API socket is bound and
+    # the forwards' host sockets exist, before the ready byte (compat spec §3
+    # steps 11-13).
+    status = confine(cfg, driver, out)
+    if status != 0:
+        driver.close_edge()
+        driver.loop.close()
+        if child is not None:
+            child.abandon()
+            return STATUS_SLIRPNET_FAILED
+        return status
+    probe = seccomp.probe_from_env() if cfg.enable_seccomp else None
 
     def ready() -> None:
         # Called by the running loop: signal handlers are live by now (uvloop
@@ -91,6 +103,8 @@ def serve(cfg: Config, child=None) -> int:
             signal_ready(cfg.ready_fd)
         if child is not None:
             child.start()
+        if probe is not None:  # test-only (slirp/seccomp.py): the filter must kill us here
+            driver.loop.call_soon(seccomp.probe, probe)
 
     return driver.run(on_running=ready)
 
@@ -113,6 +127,42 @@ def open_edge(cfg: Config, driver) -> str | None:
         except AddFailed as failed:
             return f"cannot publish {text}: {failed.reason}"
     return None
+
+
+def confine(cfg: Config, driver, out) -> int:
+    """--enable-sandbox, then --enable-seccomp (compat spec §3 step 12, §7, §8).
+
+    Returns 0, or 1 after saying why on stderr (as slirp4netns: the failed
+    step, then ``parent failed``)."""
+
+    def warn(text: str) -> None:
+        if not cfg.quiet:
+            _say(text)
+
+    if cfg.enable_sandbox:
+        try:
+            sandbox.apply(cfg, warn)
+        except sandbox.SandboxError as err:
+            _say(str(err))
+            _say("parent failed")
+            return 1
+    if cfg.enable_seccomp:
+        try:
+            driver.start_thread_pool()
+            blocked = seccomp.apply(warn)
+        except seccomp.SeccompError as err:
+            _say(str(err))
+            _say("enable_seccomp failed")
+            _say("parent failed")
+            return 1
+        out.write(seccomp.blocked_line(blocked) + "\n")
+        out.flush()
+    return 0
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def raise_fd_limit() -> None:

@@ -38,6 +38,7 @@ from .config import Config
 from .hostsock import HostSockets, ping_sockets_allowed
 from .resolvconf import RESOLV_CONF_CHECK_S, ResolvConf
 from .portfwd import ForwardRegistry
+from .run import exit_status
 from .tap import VNET_HDR_LEN
 
 TAP_READ_BUDGET = 256  # frames per wake-up
@@ -94,6 +95,23 @@ class Driver:
         self.status = 0
         self._flushing = False
         self.offload = None  # slirp.offload.Offload when a datapath is in use
+        # Opened now, not when the loop starts: pidfd_open is on the seccomp
+        # deny-list, and the filter is loaded before run().
+        self._pidfd = os.pidfd_open(child.pid) if child is not None else None
+
+    def start_thread_pool(self) -> None:
+        """Start libuv's worker threads now (uvloop starts them at the first
+        getaddrinfo).  Each worker names itself with prctl(PR_SET_NAME), which
+        the seccomp filter forbids; started before the filter (and after the
+        sandbox, so they inherit its root and capabilities), they never need
+        it again."""
+        # No socket type: with one, uvloop answers an IP literal itself.
+        # getnameinfo too, in case a later uvloop shortcuts this one as well
+        # (there may be no /proc to count threads in by now).
+        self.loop.run_until_complete(self.loop.getaddrinfo("127.0.0.1", 0, flags=socket.AI_NUMERICHOST))
+        self.loop.run_until_complete(
+            self.loop.getnameinfo(("127.0.0.1", 0), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+        )
 
     # -- registration -------------------------------------------------------
 
@@ -193,7 +211,6 @@ class Driver:
                 return self.finish(0)
             self.watch(self.tap_fd, FdKind.TAP)
             if self.child is not None:
-                self._pidfd = os.pidfd_open(self.child.pid)
                 self.watch(self._pidfd, FdKind.CHILD)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
                     self.loop.add_signal_handler(sig, self.forward_signal_handler, sig)
@@ -283,8 +300,6 @@ class Driver:
         self.forwards.datagrams_ready(forward)
 
     def child_exited_handler(self) -> None:
-        from .run import exit_status
-
         _, wstatus = os.waitpid(self.child.pid, 0)
         self.unwatch(self._pidfd)
         os.close(self._pidfd)
