@@ -120,7 +120,7 @@ def machine() -> dict:
 
 
 def ensure_native(python: str) -> None:
-    """Build slirp._native in place if it is missing (the native row needs it)."""
+    """Build slirp._native in place if it is missing (the native rows need it)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if subprocess.run([python, "-c", "import slirp._native"], env=env, capture_output=True).returncode == 0:
         return

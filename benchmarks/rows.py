@@ -154,10 +154,12 @@ class Row:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SLIRPNET_DATAPATH": self.variant,
                "PYTHONUNBUFFERED": "1"}
         if self.variant == "native":
-            check = procs.run([python, "-c", "import slirp._native"], 30, env=env)
+            # slirpnet falls back to the Python datapath, silently, when the native one cannot be
+            # imported: a "native" row would then measure the python one.
+            check = procs.run([python, "-c", "from slirp.datapath.native import NativeDatapath"], 30, env=env)
             if check.returncode != 0:
                 last = (check.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
-                raise RowFailed(f"native module not importable ({last[:100]}); build it with native/build.py")
+                raise RowFailed(f"no native datapath to measure ({last[:100]})")
         return self._start_slirp_like([python, "-m", "slirp"], env, topo, workdir)
 
     def _start_slirp_like(self, cmd, env, topo, workdir) -> Running:
