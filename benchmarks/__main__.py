@@ -25,7 +25,7 @@ from . import metrics, procs, report
 from .rows import ALL_ROWS, REFERENCE_ROW, ROOT, ROWS, RowFailed
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-QUICK_ROWS = ["kernel", "slirp4netns-65520", "pasta-tap", "slirpnet-native"]
+QUICK_ROWS = ["kernel", "slirpnet-native", "slirpnet-python", "slirp4netns-65520", "pasta-tap"]
 QUICK_MEASUREMENTS = ["tcp-out-1", "tcp-in-1", "udp-out", "rr-out", "conn-out"]
 QUICK_DURATIONS = metrics.Durations(tcp_s=1.0, udp_s=1.0, rr_s=0.5, conn_batch_s=0.3)
 TOOLS = ["iperf3", "gcc", "ip", "nsenter", "unshare"]
@@ -223,6 +223,14 @@ def main(argv=None) -> int:
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
         print(f"missing tools: {', '.join(missing)} (Debian: iperf3 gcc iproute2 util-linux)", file=sys.stderr)
+        return 2
+    try:  # fail now, not after a 10-minute run
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out_dir).close()
+        if args.readme and not os.access(ROOT / "README.md", os.W_OK):
+            raise PermissionError(f"README.md is not writable: {ROOT / 'README.md'}")
+    except OSError as e:
+        print(f"cannot write results: {e} (use --out-dir DIR)", file=sys.stderr)
         return 2
     rows = select_rows(args.only, args.quick)
     try:
