@@ -1,0 +1,242 @@
+"""The rows of the benchmark: what carries the guest's traffic, and how to start it.
+
+Each row is started fresh for every repetition inside its own topology
+(``procs.Topology``) and ended by PID afterwards.  A row that cannot start
+raises :class:`RowFailed` with a short reason; the report prints
+``failed: <reason>`` for it and the run goes on.
+
+Ports (the same numbers in H and G; forwards map host port N to guest port N):
+the servers for "out" measurements listen in H, those for "in" in G.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import select
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from . import procs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GUEST_ADDR = "10.0.2.100"
+GATEWAY_ADDR = "10.0.2.2"
+READY_TIMEOUT_S = 20.0
+API_TIMEOUT_S = 3.0
+
+
+class Ports:
+    IPERF_OUT = 5201  # TCP and UDP, server in H
+    IPERF_IN = 5202   # server in G, forwarded
+    RR_OUT = 5203
+    RR_IN = 5204      # forwarded
+    CR_OUT = 5205
+    CR_IN = 5206      # forwarded
+    FORWARDED = (IPERF_IN, RR_IN, CR_IN)
+
+
+class RowFailed(Exception):
+    """The row cannot be measured (reason in args[0])."""
+
+
+@dataclass
+class Running:
+    """A started row: where the clients connect, and the helper to watch."""
+
+    out_server_addr: str       # where "out" servers listen in H
+    out_target: str            # what the guest connects to for "out"
+    in_target: str             # what H connects to for "in"
+    expected_dev: str          # guest interface the traffic should cross
+    expected_dev_in: str = ""  # if "in" traffic crosses another one (pasta's splice: lo)
+    helper: subprocess.Popen | None = None
+    in_error: str | None = None  # why "in" cannot be measured (e.g. no port forward)
+    directions: tuple[str, ...] = ("out", "in")
+    stderr_path: pathlib.Path | None = None
+    keep: list = field(default_factory=list)  # fds to close at stop
+
+    def helper_exit_reason(self) -> str | None:
+        if self.helper is None or self.helper.poll() is None:
+            return None
+        return f"helper exited with status {self.helper.returncode}{_tail(self.stderr_path)}"
+
+    def stop(self) -> None:
+        procs.stop(self.helper)
+        for fd in self.keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.keep.clear()
+
+
+def _tail(path: pathlib.Path | None, limit: int = 160) -> str:
+    """The last meaningful line a helper printed, for failure reasons."""
+    if path is None or not path.exists():
+        return ""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    lines = [ln for ln in lines if "syslog" not in ln]
+    return f": {lines[-1][:limit]}" if lines else ""
+
+
+def _wait_ready_fd(fd: int, proc: subprocess.Popen, stderr_path: pathlib.Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise RowFailed(f"exited with status {proc.returncode} before ready{_tail(stderr_path)}")
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            data = os.read(fd, 16)
+            if data.startswith(b"1"):
+                return
+            if not data:
+                raise RowFailed(f"closed its ready fd without writing 1{_tail(stderr_path)}")
+        if time.monotonic() > deadline:
+            raise RowFailed(f"not ready after {READY_TIMEOUT_S:.0f} s{_tail(stderr_path)}")
+
+
+def api_request(path: str, request: dict) -> dict:
+    """One slirp4netns-style API call: JSON in, JSON out, connection closed by the server."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(API_TIMEOUT_S)
+        s.connect(path)
+        s.sendall(json.dumps(request).encode())
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return json.loads(data.decode())
+
+
+def add_forwards(api_path: str) -> str | None:
+    """Forward 127.0.0.1:N of H to the guest's port N; the reason if it failed."""
+    for port in Ports.FORWARDED:
+        req = {"execute": "add_hostfwd", "arguments": {
+            "proto": "tcp", "host_addr": "127.0.0.1", "host_port": port, "guest_port": port}}
+        try:
+            reply = api_request(api_path, req)
+        except OSError as e:
+            return f"port forward via API socket: {e.strerror or e}"
+        except ValueError as e:
+            return f"port forward via API socket: bad reply ({e})"
+        if "return" not in reply:
+            return f"port forward via API socket: {json.dumps(reply)[:120]}"
+    return None
+
+
+@dataclass
+class Row:
+    name: str
+    label: str
+    kind: str                 # kernel | slirp4netns | pasta | slirpnet
+    mtu: int = 65520
+    variant: str = ""         # pasta: tap | splice; slirpnet: native | python
+    description: str = ""
+
+    def start(self, topo: procs.Topology, workdir: pathlib.Path, python: str) -> Running:
+        return getattr(self, f"_start_{self.kind}")(topo, workdir, python)
+
+    # -- kernel ---------------------------------------------------------------
+    def _start_kernel(self, topo, workdir, python) -> Running:
+        topo.add_veth(self.mtu)
+        return Running(out_server_addr=GATEWAY_ADDR, out_target=GATEWAY_ADDR, in_target=GUEST_ADDR,
+                       expected_dev="veth1")
+
+    # -- slirp4netns and slirpnet: same command line, ready fd, API socket ----
+    def _start_slirp4netns(self, topo, workdir, python) -> Running:
+        return self._start_slirp_like(["slirp4netns"], None, topo, workdir)
+
+    def _start_slirpnet(self, topo, workdir, python) -> Running:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SLIRPNET_DATAPATH": self.variant,
+               "PYTHONUNBUFFERED": "1"}
+        if self.variant == "native":
+            # slirpnet falls back to the Python datapath, silently, when the native one cannot be
+            # imported: a "native" row would then measure the python one.
+            check = procs.run([python, "-c", "from slirp.datapath.native import NativeDatapath"], 30, env=env)
+            if check.returncode != 0:
+                last = (check.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+                raise RowFailed(f"no native datapath to measure ({last[:100]})")
+        return self._start_slirp_like([python, "-m", "slirp"], env, topo, workdir)
+
+    def _start_slirp_like(self, cmd, env, topo, workdir) -> Running:
+        api = tempfile.mktemp(prefix=f"{self.name}-", suffix=".sock", dir=workdir)
+        ready_r, ready_w = os.pipe()
+        exit_r, exit_w = os.pipe()  # the helper exits when we close exit_w (or die)
+        errpath = workdir / f"{self.name}.stderr"
+        running = Running(out_server_addr="127.0.0.1", out_target=GATEWAY_ADDR, in_target="127.0.0.1",
+                          expected_dev="tap0", stderr_path=errpath, keep=[ready_r, exit_w])
+        argv = [*cmd, "-c", f"--mtu={self.mtu}", f"--api-socket={api}", "-r", str(ready_w), "-e", str(exit_r),
+                str(topo.guest.pid), "tap0"]
+        with open(errpath, "wb") as err:
+            running.helper = procs.spawn(topo.host.enter(argv), env=env, pass_fds=(ready_w, exit_r),
+                                         stdout=err, stderr=err)
+        os.close(ready_w)
+        os.close(exit_r)
+        try:
+            _wait_ready_fd(ready_r, running.helper, errpath)
+        except RowFailed:
+            running.stop()
+            raise
+        running.in_error = add_forwards(api)
+        return running
+
+    # -- pasta ---------------------------------------------------------------
+    def _start_pasta(self, topo, workdir, python) -> Running:
+        splice = self.variant == "splice"
+        bind = "127.0.0.1" if splice else topo.HOST_EXT_ADDR
+        ports = ",".join(str(p) for p in Ports.FORWARDED)
+        argv = ["pasta", "-f", "-q", "-4", "--config-net", "-I", "tap0", "-a", GUEST_ADDR, "-n", "24",
+                "-g", GATEWAY_ADDR, "-m", str(self.mtu), "-t", f"{bind}/{ports}",
+                "-u", f"{bind}/{Ports.IPERF_IN}"]
+        if not splice:
+            argv += ["-T", "none", "-U", "none"]
+        argv.append(str(topo.guest.pid))
+        errpath = workdir / f"{self.name}.stderr"
+        with open(errpath, "wb") as err:
+            helper = procs.spawn(topo.host.enter(argv), stdout=err, stderr=err)
+        running = Running(out_server_addr="127.0.0.1", out_target=GATEWAY_ADDR, in_target=bind,
+                          expected_dev="tap0", expected_dev_in="lo" if splice else "",
+                          helper=helper, stderr_path=errpath,
+                          directions=("in",) if splice else ("out", "in"))
+        # No ready fd: wait for the guest address and the forwarded ports.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if helper.poll() is not None:
+                raise RowFailed(f"exited with status {helper.returncode} before ready{_tail(errpath)}")
+            if all(topo.host.listening(p) for p in Ports.FORWARDED) and "tap0" in topo.guest.dev_bytes():
+                res = procs.run(topo.guest.enter(["ip", "-o", "-4", "addr", "show", "dev", "tap0"]), 5)
+                if GUEST_ADDR in res.stdout.decode():
+                    return running
+            if time.monotonic() > deadline:
+                running.stop()
+                raise RowFailed(f"not ready after {READY_TIMEOUT_S:.0f} s{_tail(errpath)}")
+            time.sleep(0.02)
+
+
+ROWS = [
+    Row("kernel", "kernel (veth)", "kernel",
+        description="veth pair between the two namespaces: the kernel's own limit, no helper"),
+    Row("slirpnet-native", "slirpnet native", "slirpnet", variant="native",
+        description="slirpnet with the C datapath (SLIRPNET_DATAPATH=native)"),
+    Row("slirpnet-python", "slirpnet python", "slirpnet", variant="python",
+        description="slirpnet with the pure-Python datapath (SLIRPNET_DATAPATH=python)"),
+    Row("slirpnet-native-1500", "slirpnet native 1500", "slirpnet", mtu=1500, variant="native",
+        description="slirpnet native at MTU 1500 (its speed should not depend on the MTU)"),
+    Row("slirp4netns-65520", "slirp4netns 65520", "slirp4netns",
+        description="slirp4netns 1.2.0, port forwards with add_hostfwd; the reference row"),
+    Row("slirp4netns-1500", "slirp4netns 1500", "slirp4netns", mtu=1500,
+        description="the same at MTU 1500"),
+    Row("pasta-tap", "pasta TAP", "pasta", variant="tap",
+        description="pasta with -T none -U none; inbound from H's non-loopback address 10.0.9.1, "
+                    "so it takes the TAP path (pasta splices every loopback-sourced connection)"),
+    Row("pasta-splice", "pasta splice", "pasta", variant="splice",
+        description="pasta's defaults, inbound from 127.0.0.1: spliced to the guest's loopback "
+                    "(inbound only; outbound is the same TAP path as pasta-tap)"),
+]
+EXTRA_ROWS: list[Row] = []  # rows run only when named with --only
+ALL_ROWS = {r.name: r for r in ROWS + EXTRA_ROWS}
+REFERENCE_ROW = "slirp4netns-65520"

@@ -1,0 +1,196 @@
+"""The benchmark's pure parts: medians, summaries, ratios, formatting, tables, README block.
+
+The harness itself (namespaces, helpers, iperf3) is not run here: it is a
+measurement, not a test, and stays out of CI's pass/fail.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import metrics, report
+
+
+def ok(metrics_: dict, produces: list[str] | None = None, **extra) -> dict:
+    return {"metrics": metrics_, "produces": produces or list(metrics_), **extra}
+
+
+def err(reason: str, produces: list[str]) -> dict:
+    return {"error": reason, "produces": produces}
+
+
+def make_doc(rows: dict) -> dict:
+    return {
+        "started": "2025-01-02T03:04:05+00:00",
+        "duration_s": 600,
+        "machine": {"cpu": "Test CPU", "vcpus": 2, "kernel": "6.1.0", "os": "Debian"},
+        "versions": {"slirpnet": "abc123", "slirp4netns": "1.2.0", "pasta": "0.0~git", "iperf3": "3.12"},
+        "config": {"repetitions": 3, "reference": "ref", "udp_rate": "1G", "udp_datagram_bytes": 1400,
+                   "durations": {"tcp_s": 3, "udp_s": 3, "rr_s": 2, "conn_batch_s": 1}},
+        "rows": {name: {**row, "summary": report.summarize_row(row["reps"])} for name, row in rows.items()},
+    }
+
+
+# -- statistics -----------------------------------------------------------------
+
+@pytest.mark.parametrize("values, expected", [
+    ([3.0, 1.0, 2.0], 2.0),
+    ([4.0, 1.0], 2.5),
+    ([None, 5.0, None], 5.0),
+    ([None, None], None),
+    ([], None),
+])
+def test_median_ignores_missing_values(values, expected):
+    assert report.median(values) == expected
+
+
+def test_summary_takes_the_median_over_the_repetitions_that_produced_a_metric():
+    reps = [
+        {"rep": 1, "measurements": {"tcp-out-1": ok({"tcp_out_1": 1.0, "cpu_out": 0.9})}},
+        {"rep": 2, "measurements": {"tcp-out-1": err("iperf3: boom", ["tcp_out_1", "cpu_out"])}},
+        {"rep": 3, "measurements": {"tcp-out-1": ok({"tcp_out_1": 3.0, "cpu_out": 1.1})}},
+    ]
+    s = report.summarize_row(reps)
+    assert s["tcp_out_1"] == {"median": 2.0, "values": [1.0, 3.0], "n": 2}
+    assert s["cpu_out"]["median"] == pytest.approx(1.0)
+
+
+def test_summary_keeps_the_first_failure_reason_when_nothing_was_measured():
+    reps = [{"rep": i, "measurements": {"rr-in": err(f"reason {i}", ["rr_in_min", "rr_in_median", "rr_in_p99"])}}
+            for i in (1, 2)]
+    s = report.summarize_row(reps)
+    assert s["rr_in_median"] == {"error": "reason 1"}
+
+
+def test_summary_marks_skipped_and_not_applicable_metrics():
+    reps = [{"rep": 1, "measurements": {
+        "tcp-out-1": ok({"tcp_out_1": 20.0}, produces=["tcp_out_1", "cpu_out"]),  # kernel: no helper CPU
+        "rr-out": {"skipped": "same path as pasta-tap", "produces": ["rr_out_median"]},
+    }}]
+    s = report.summarize_row(reps)
+    assert s["cpu_out"] == {"skipped": "not applicable"}
+    assert s["rr_out_median"] == {"skipped": "same path as pasta-tap"}
+
+
+def test_row_failure_names_the_start_error_or_every_distinct_measurement_error():
+    never = {"reps": [{"rep": 1, "error": "exited with status 1"}, {"rep": 2, "error": "exited with status 1"}]}
+    assert report.row_failure(never) == "exited with status 1"
+    broken = {"reps": [{"rep": 1, "error": None, "measurements": {
+        "tcp-out-1": err("out broke", ["tcp_out_1"]), "tcp-in-1": err("in broke", ["tcp_in_1"]),
+        "rr-in": err("in broke", ["rr_in_median"])}}]}
+    broken["summary"] = report.summarize_row(broken["reps"])
+    assert report.row_failure(broken) == "out: out broke; in: in broke"
+    partly = {"reps": [{"rep": 1, "error": None, "measurements": {
+        "tcp-out-1": ok({"tcp_out_1": 1.0}), "tcp-in-1": err("in broke", ["tcp_in_1"])}}]}
+    partly["summary"] = report.summarize_row(partly["reps"])
+    assert report.row_failure(partly) is None
+
+
+def test_ratio():
+    assert report.ratio(6.0, 2.0) == 3.0
+    assert report.ratio(None, 2.0) is None
+    assert report.ratio(1.0, None) is None
+    assert report.ratio(1.0, 0) is None
+
+
+# -- formatting -----------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, text", [
+    ("tcp_out_1", 19.234, "19.2"),
+    ("tcp_out_1", 0.8712, "0.871"),
+    ("tcp_out_1", 123.4, "123"),
+    ("rr_out_median", 45.27, "45.3"),
+    ("rr_out_p99", 1234.5, "1234"),
+    ("conn_in_1", 5612.0, "5.6k"),
+    ("conn_in_1", 812.4, "812"),
+    ("cpu_out", 1.004, "1.00"),
+    ("udp_loss", 65.04, "65.0%"),
+    ("tcp_in_4", None, "—"),
+])
+def test_fmt(key, value, text):
+    assert report.fmt(key, value) == text
+
+
+@pytest.mark.parametrize("r, text", [(1.0, "1.00×"), (0.456, "0.46×"), (12.34, "12.3×"), (None, "—")])
+def test_fmt_ratio(r, text):
+    assert report.fmt_ratio(r) == text
+
+
+def test_markdown_table_layout():
+    assert report.markdown_table(["row", "a", "b"], [["x", "1", "2"]]) == (
+        "| row | a | b |\n|---|--:|--:|\n| x | 1 | 2 |")
+
+
+def _three_row_doc():
+    ref = {"label": "slirp4netns 65520", "reps": [
+        {"rep": i, "error": None, "measurements": {
+            "tcp-out-1": ok({"tcp_out_1": v, "cpu_out": 1.0}),
+            "rr-out": ok({"rr_out_min": 60.0, "rr_out_median": 80.0, "rr_out_p99": 120.0}),
+            "conn-in": ok({"conn_in_1": 4100.0, "conn_in_2": 2000.0, "conn_in_3": 1100.0, "conn_in": 2400.0}),
+        }} for i, v in ((1, 1.6), (2, 1.7), (3, 1.8))]}
+    fast = {"label": "fast", "reps": [
+        {"rep": 1, "error": None, "measurements": {
+            "tcp-out-1": ok({"tcp_out_1": 8.5, "cpu_out": 0.25}),
+            "rr-out": ok({"rr_out_min": 40.0, "rr_out_median": 40.0, "rr_out_p99": 50.0}),
+            "conn-in": err("tcpbench cr: connection: Connection refused", metrics.PRODUCES["conn-in"]),
+        }}]}
+    dead = {"label": "dead", "reps": [{"rep": 1, "error": "exited with status 1 before ready: boom"}]}
+    return make_doc({"ref": ref, "fast": fast, "dead": dead})
+
+
+def test_tables_show_medians_failures_and_ratios():
+    doc = _three_row_doc()
+    thr = report.throughput_table(doc)
+    assert "| slirp4netns 65520 | 1.7 | — |" in thr
+    assert "| fast | 8.5 |" in thr
+    assert "| dead | failed: exited with status 1 before ready: boom |" in thr
+    lat = report.latency_table(doc)
+    assert "60.0 / 80.0 / 120" in lat
+    assert "4.1k → 2.0k → 1.1k" in lat
+    assert "| fast | 40.0 / 40.0 / 50.0 | — | — | failed |" in lat
+    rat = report.ratio_table(doc, "ref")
+    assert "| slirp4netns 65520 | 1.00× |" in rat
+    assert "| fast | 5.00× |" in rat  # 8.5 / 1.7
+    assert "0.50×" in rat  # RR: 40 / 80
+    assert "0.25×" in rat  # CPU: 0.25 / 1.0
+
+
+def test_render_has_the_date_machine_method_and_failure_notes():
+    text = report.render(_three_row_doc())
+    assert text.startswith("Measured 2025-01-02 on Test CPU, 2 vCPUs, Linux 6.1.0; medians of 3 repetitions;")
+    assert "iperf3 -u -b 1G -l 1400 -t 3" in text
+    assert "- fast (conn-in): tcpbench cr: connection: Connection refused" in text
+
+
+def test_ratio_table_without_reference_row_says_so():
+    doc = _three_row_doc()
+    del doc["rows"]["ref"]
+    assert "was not run" in report.ratio_table(doc, "ref")
+
+
+def test_long_row_failures_are_cut_in_the_table_and_kept_whole_in_the_notes():
+    reason = "x" * 300
+    doc = make_doc({"dead": {"label": "dead", "reps": [{"rep": 1, "error": reason}]}})
+    cell = report.throughput_table(doc).splitlines()[2].split(" | ")[1]
+    assert cell.endswith("…") and len(cell) <= len("failed: ") + report.REASON_MAX
+    assert f"- dead: {reason}" in report.render(doc)
+
+
+def test_replace_readme_block():
+    readme = f"# x\n\nintro\n{report.README_BEGIN}\nold table\n{report.README_END}\n\nmore\n"
+    new = report.replace_readme_block(readme, "new table\n")
+    assert new == f"# x\n\nintro\n{report.README_BEGIN}\nnew table\n{report.README_END}\n\nmore\n"
+    with pytest.raises(ValueError):
+        report.replace_readme_block("# no markers\n", "t\n")
+
+
+# -- selection ------------------------------------------------------------------
+
+def test_select_measurements_by_name_kind_direction_and_pair():
+    assert metrics.select_measurements(None) == list(metrics.MEASUREMENTS)
+    assert metrics.select_measurements(["rr"]) == ["rr-out", "rr-in"]
+    assert metrics.select_measurements(["tcp-in"]) == ["tcp-in-1", "tcp-in-4"]
+    assert metrics.select_measurements(["in"]) == ["tcp-in-1", "tcp-in-4", "rr-in", "conn-in"]
+    assert metrics.select_measurements(["udp", "conn-out"]) == ["udp-out", "conn-out"]
+    with pytest.raises(ValueError):
+        metrics.select_measurements(["bogus"])
