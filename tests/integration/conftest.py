@@ -19,6 +19,8 @@ CONFINE_FLAGS = ("--enable-sandbox", "--enable-seccomp")
 def pytest_generate_tests(metafunc):
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     if "start_slirpnet" in metafunc.fixturenames and module.startswith(CONFINED_MODULE_PREFIXES):
+        if metafunc.definition.get_closest_marker("plain_only"):
+            return  # heavy tests whose confined twin adds time, not coverage
         metafunc.parametrize("slirpnet_flags", [(), CONFINE_FLAGS], ids=["plain", "confined"])
 
 

@@ -242,6 +242,7 @@ def test_dns_over_tcp(world, start_slirpnet):
 
 
 @pytest.mark.slow
+@pytest.mark.plain_only
 @pytest.mark.parametrize("direction", ["guest_to_host", "host_to_guest"])
 def test_one_gib_byte_exact(netns, start_slirpnet, tmp_path, direction):
     """sha256 over 1 GiB of random data, each way, through one connection."""
