@@ -56,6 +56,13 @@ Hand-off to the C datapath: ``layer.park(flow_id) -> EndpointExport | None``
 detaches an ESTABLISHED flow (TCB + unacknowledged send bytes + bytes still
 queued toward the host); ``layer.resume(now, flow_id, export)`` takes it back.
 
+Initial sequence numbers and TSval offsets (RFC 6528 §3): a keyed hash of
+the 4-tuple (the key drawn once from ``rng``) plus, for the ISS, a 4 µs clock
+taken from ``now``.  A new connection on a 4-tuple thus starts above the
+previous one in sequence space and in timestamps, so a guest still holding
+the tuple in TIME_WAIT accepts the SYN (port forwards reuse host client ports
+all the time).
+
 Flow table overflow: a new flow (guest SYN or port forward) first recycles
 the least recently active TIME_WAIT flow; without one the SYN is refused
 with RST (``tcp.syn_refused_full``) and open_to_guest returns None.

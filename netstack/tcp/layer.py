@@ -10,7 +10,9 @@ flow either open one (a SYN, forwarder pattern) or are answered per RFC 9293
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
+import struct
 from typing import Callable
 
 from ..actions import OpenTcp
@@ -32,6 +34,7 @@ from .output import IcmpUnreachable, TcpSegment, Unreachable
 from .seq import MASK, gt
 from .state import State
 
+ISN_CLOCK_HZ = 250_000  # RFC 6528 §3: the ISN clock M ticks every 4 µs
 DATAGRAM_QUOTE_MAX = 128  # bytes of a SYN's IP datagram kept for a later ICMP error
 
 
@@ -82,6 +85,7 @@ class TcpLayer:
         "config",
         "policy",
         "_rng",
+        "_isn_secret",
         "_segments",
         "_actions",
         "_unreachables",
@@ -105,6 +109,7 @@ class TcpLayer:
         self.config = TcpConfig() if config is None else config
         self.policy = identity_policy if policy is None else policy
         self._rng = random.SystemRandom() if rng is None else rng
+        self._isn_secret = self._rng.getrandbits(128).to_bytes(16, "little")
         self._segments: list[TcpSegment] = []
         self._actions: list = []
         self._unreachables: list[IcmpUnreachable] = []
@@ -146,8 +151,8 @@ class TcpLayer:
         flow = self.table.get(flow_id)
         return None if flow is None or flow.key.proto != PROTO_TCP else flow.endpoint
 
-    def _new_endpoint(self, flow_id: int, key: FlowKey) -> TcpEndpoint:
-        rng = self._rng
+    def _new_endpoint(self, flow_id: int, key: FlowKey, now: float) -> TcpEndpoint:
+        iss, ts_offset = self._initial_numbers(key, now)
         return TcpEndpoint(
             flow=flow_id,
             link=key.link,
@@ -160,9 +165,28 @@ class TcpLayer:
             segments=self._segments,
             actions=self._actions,
             limiter=self._limiter,
-            iss=rng.getrandbits(32),
-            ts_offset=rng.getrandbits(32),
+            iss=iss,
+            ts_offset=ts_offset,
         )
+
+    def _initial_numbers(self, key: FlowKey, now: float) -> tuple[int, int]:
+        """(ISS, TSval offset) of a new connection on ``key``.
+
+        RFC 6528 §3: ISS = M + F(4-tuple, secret) with M a 4 µs clock, and a
+        TSval offset that is F'(4-tuple, secret) (as Linux's secure_tcp_ts_off).
+        A new incarnation of a 4-tuple thus starts above the last one in
+        sequence space and in timestamps, so a guest still holding that tuple
+        in TIME_WAIT accepts our SYN (RFC 6191; Linux's
+        tcp_timewait_state_process) instead of answering it with an ACK that
+        costs a SYN retransmission (1 s).  Port forwards hit this all the time:
+        the host reuses a client port, and the guest server closed first."""
+        material = b"".join((
+            struct.pack("!IBH", key.link, key.proto, key.guest_port), key.guest_addr,
+            struct.pack("!H", key.remote_port), key.remote_addr,
+        ))  # fmt: skip
+        digest = hashlib.blake2s(material, key=self._isn_secret, digest_size=8).digest()
+        iss = (int.from_bytes(digest[:4], "little") + int(now * ISN_CLOCK_HZ)) & MASK
+        return iss, int.from_bytes(digest[4:], "little")
 
     def _after(self, flow, ep: TcpEndpoint, now: float) -> None:
         """Mirror the endpoint's state into the flow table; re-arm its timer."""
@@ -285,7 +309,7 @@ class TcpLayer:
             self._reset_for(key, h, len(view.payload))
             return Disposition.RESET
         flow = self.table.insert(key, now, host_addr=host_addr, host_port=host_port)
-        ep = flow.endpoint = self._new_endpoint(flow.id, key)
+        ep = flow.endpoint = self._new_endpoint(flow.id, key, now)
         ep.open_passive(now, h)
         self._quotes[flow.id] = (
             bytes(view.buf[: view.header_len]),
@@ -338,7 +362,7 @@ class TcpLayer:
             self.counters.bump("tcp.open_refused_full")
             return None
         flow = table.insert(key, now)
-        ep = flow.endpoint = self._new_endpoint(flow.id, key)
+        ep = flow.endpoint = self._new_endpoint(flow.id, key, now)
         ep.open_active(now, send_space)
         self.counters.bump("tcp.active_opens")
         self._after(flow, ep, now)

@@ -4,7 +4,9 @@ from netstack.actions import CloseTcp, ReadTcp
 from netstack.nat import FlowState
 from netstack.tcp import State
 
-from .helpers import ACK, GUEST, REMOTE, RST, SYN, Harness, open_syn_sent, open_time_wait
+from netstack.tcp.seq import MASK, gt
+
+from .helpers import ACK, GUEST, PSH, REMOTE, RST, SYN, Harness, host_read, open_syn_sent, open_time_wait
 
 
 def test_syn_carries_our_options():
@@ -155,3 +157,31 @@ def test_open_refused_when_full():
     open_syn_sent(h)
     assert h.layer.open_to_guest(0.0, 0, GUEST, 8081, REMOTE, 1, 1000) is None
     assert h.counters["tcp.open_refused_full"] == 1
+
+
+def test_a_new_incarnation_of_a_4_tuple_starts_above_the_last_one():
+    """RFC 6528 / RFC 6191: a SYN reusing a 4-tuple must be "newer" than the
+    last connection on it (sequence number and TSval), or a guest that still
+    holds the tuple in TIME_WAIT answers with an ACK and the connection waits
+    for a SYN retransmission (1 s).  Random ISS/TSval offsets fail this half
+    the time; 32 tuples make a coincidence impossible."""
+    h = Harness()
+    for port in range(50000, 50032):
+        c = open_syn_sent(h, src_port=port)
+        ts_syn = c.syn.header.timestamp[0]
+        c.send(SYN | ACK, timestamp=(7, ts_syn))
+        c.expect(ACK)
+        h.actions()
+        h.advance(0.05)
+        host_read(h, c, b"x" * 100)
+        s = c.expect(ACK | PSH, b"x" * 100)
+        last_seq_end = (s.header.seq + len(s.payload)) & MASK
+        last_tsval = s.header.timestamp[0]
+        c.send(RST | ACK, ack=last_seq_end, advance=False)  # gone; the guest may keep the tuple
+        h.actions()
+        h.advance(0.01)
+        again = open_syn_sent(h, src_port=port)
+        assert gt(again.syn.header.seq, last_seq_end), port
+        assert gt(again.syn.header.timestamp[0], last_tsval), port
+        again.send(RST | ACK, seq=0, ack=again.ack)
+        h.actions()
