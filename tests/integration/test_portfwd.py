@@ -33,6 +33,7 @@ CHURN_BATCHES = 3
 CHURN_CONNECTIONS = 3000
 CHURN_MIN_RATIO = 0.8  # the last batch's rate against the first
 CHURN_WINDOW = 300  # connections per rate sample within a batch
+CHURN_BATCH_MAX_S = 30  # a batch takes 2-6 s; pytest's own timeout is 120 s for the test
 
 
 @pytest.fixture
@@ -157,6 +158,9 @@ def test_forward_churn_keeps_its_rate_and_no_fds(netns, start_slirpnet, sockdir,
                 failed.append((i, repr(err)))
             if (i + 1) % CHURN_WINDOW == 0:
                 now = time.monotonic()
+                assert now - started < CHURN_BATCH_MAX_S, (
+                    f"batch {batch + 1}: only {i + 1} connections in {now - started:.0f} s; rates so far {rates}"
+                )
                 windows.append(CHURN_WINDOW / (now - window_started))
                 window_started = now
         rates.append(CHURN_CONNECTIONS / (time.monotonic() - started))
