@@ -60,20 +60,24 @@ needs_podman = pytest.mark.skipif(
 class Wrapper:
     """An executable that clients take for slirp4netns.
 
-    It appends ``PID ARGV`` to a log, then execs slirpnet: the PID is the
-    slirpnet process itself.  ``started()`` lists the real starts (not the
-    ``--help``/``--version`` probes) logged since ``mark()``."""
+    It appends ``PID ARGV`` to a log, then execs slirpnet: the venv's
+    ``slirpnet`` console script when installed (what the README tells users
+    to configure; tests/run installs it), else ``python -m slirp``.  Either
+    way the PID is the slirpnet process itself.  ``started()`` lists the real
+    starts (not the ``--help``/``--version`` probes) logged since ``mark()``."""
 
     def __init__(self, directory: pathlib.Path):
         self.path = directory / "slirpnet"
         self.log = directory / "starts.log"
         self.log.write_text("")
+        script = pathlib.Path(sys.executable).parent / "slirpnet"
+        target = f'"{script}"' if os.access(script, os.X_OK) else f"{sys.executable} -m slirp"
         self.path.write_text(
             "#!/bin/sh\n"
             "# slirpnet for clients that start slirp4netns: exec, so the PID they hold is slirpnet's.\n"
             f'printf "%s %s\\n" "$$" "$*" >> {self.log}\n'
             f"PYTHONPATH={ROOT}; export PYTHONPATH\n"
-            f'exec {sys.executable} -m slirp "$@"\n'
+            f'exec {target} "$@"\n'
         )
         self.path.chmod(0o755)
         self._mark = 0
