@@ -24,7 +24,6 @@ import pathlib
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -335,6 +334,7 @@ class Podman:
             f'[storage]\ndriver = "vfs"\ngraphroot = "{base}/storage"\nrunroot = "{base}/runroot"\n'
         )
         self.page = f"inside-podman-{secrets.token_hex(8)}\n"
+        self.names: list[str] = []  # containers of the current test (container_name())
 
     def __call__(self, *args: str, timeout: float = CLIENT_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess:
         res = subprocess.run([PODMAN, *args], capture_output=True, text=True, env=self.env, timeout=timeout)
@@ -394,7 +394,7 @@ def podman_env(wrapper):
 
 @pytest.fixture
 def podman(podman_env, slirpnet_wrapper):
-    """The session's Podman; containers named ``podman.name`` are removed afterwards."""
+    """The session's Podman; the containers named by container_name() are removed afterwards."""
     podman_env.names = []
     yield podman_env
     for name in podman_env.names:
@@ -433,7 +433,8 @@ def test_podman_publish(podman, slirpnet_wrapper, port_handler):
     assert args[args.index("-e") + 1] == "3" and args[args.index("-r") + 1] == "4"
     assert "--netns-type=path" in args and args[-1] == "tap0"
     assert_confined(slirpnet_pid)
-    log = podman("logs", name).stderr + podman("logs", name).stdout
+    logs = podman("logs", name)
+    log = logs.stdout + logs.stderr
     if port_handler == "slirp4netns":
         # Podman added the forward through slirpnet's API; the connection came through
         # slirpnet, so httpd saw it from the gateway (a loopback client, spec §4.6).
