@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import resource
 import select
 import shutil
 import signal
@@ -28,11 +29,12 @@ from .nsutil import ENV, SLIRPNET, World, spawn, stop
 from .test_api import add_req, can_bind, fd_count, fd_count_becomes, free_ports, remove_req, request
 
 FWDPEERS = str(pathlib.Path(__file__).with_name("fwdpeers.py"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 GATEWAY = "10.0.2.2"
 CHURN_BATCHES = 3
 CHURN_CONNECTIONS = 3000
 CHURN_MIN_RATIO = 0.8  # the last batch's rate against the first
-CHURN_WINDOW = 300  # connections per rate sample within a batch
+CHURN_QUIET_CPUS = 0.25  # other processes' load under which churn rates are comparable
 CHURN_BATCH_MAX_S = 30  # a batch takes 2-6 s; pytest's own timeout is 120 s for the test
 
 
@@ -123,6 +125,41 @@ def test_100_tcp_forwards_at_once(fwd, netns, servers):
     assert s.proc.poll() is None
 
 
+class OtherLoad:
+    """CPUs' worth of time that processes other than ours used over an interval.
+
+    Busy time of all CPUs (user+nice+system in /proc/stat) minus the CPU time
+    of this process and of ``pids`` (slirpnet, the guest's server): on a
+    shared machine that is what makes a rate measured now differ from one
+    measured a few seconds ago."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self.start()
+
+    @staticmethod
+    def _busy_s() -> float:
+        with open("/proc/stat") as f:
+            user, nice, system = (int(v) for v in f.readline().split()[1:4])
+        return (user + nice + system) / CLK_TCK
+
+    def _ours_s(self) -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        ticks = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        return me.ru_utime + me.ru_stime + ticks / CLK_TCK
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.ours0 = time.monotonic(), self._busy_s(), self._ours_s()
+
+    def cpus(self) -> float:
+        elapsed = time.monotonic() - self.t0
+        return max(0.0, (self._busy_s() - self.busy0) - (self._ours_s() - self.ours0)) / elapsed
+
+
 @pytest.mark.slow
 def test_forward_churn_keeps_its_rate_and_no_fds(netns, start_slirpnet, sockdir, servers, capsys):
     """3 back-to-back batches of 3,000 short connections (connect, 1 byte each way,
@@ -132,22 +169,25 @@ def test_forward_churn_keeps_its_rate_and_no_fds(netns, start_slirpnet, sockdir,
     falls from ~3,500 to ~1,800 connections/s with a raised limit and collapses
     with errors under this one.)
 
-    The rate compared is each batch's best window of CHURN_WINDOW connections:
-    other load on the machine only ever slows a window down, while what this
-    test is after (fds kept, SYNs waiting for a retransmission, tables that
-    grow) slows every window of the later batches.  Both figures are printed."""
+    Rates are wall-clock, so other work on the machine moves them (by ±40% on
+    a busy 2-CPU machine, in either direction).  The test measures how much CPU
+    other processes took during each batch and prints it with the rates; when
+    the rates miss the mark while others took more than CHURN_QUIET_CPUS, the
+    comparison says nothing and the test is skipped with the figures, instead
+    of failing.  Everything else is checked whatever the load."""
     path = os.path.join(sockdir, "api.sock")
     s = start_slirpnet(
         ["-c", "--api-socket", path, str(netns.pid), "tap0"], prefix=["prlimit", "--nofile=1024:1024", "--"]
     )
-    servers(netns, "churn", 8000)
+    server = servers(netns, "churn", 8000)
     (hp,) = free_ports(1)
+    baseline = fd_count(s.pid) + 1  # and the forward's listener (not the API connection, closed soon after)
     add(path, "tcp", hp, 8000)
-    baseline = fd_count(s.pid)
-    rates, best = [], []
+    rates, others = [], []
     for batch in range(CHURN_BATCHES):
-        failed, windows = [], []
-        started = window_started = time.monotonic()
+        failed = []
+        load = OtherLoad([s.pid, server.pid])
+        started = time.monotonic()
         for i in range(CHURN_CONNECTIONS):
             try:
                 with socket.create_connection(("127.0.0.1", hp), timeout=10) as c:
@@ -156,24 +196,25 @@ def test_forward_churn_keeps_its_rate_and_no_fds(netns, start_slirpnet, sockdir,
                         failed.append((i, "no reply"))
             except OSError as err:
                 failed.append((i, repr(err)))
-            if (i + 1) % CHURN_WINDOW == 0:
-                now = time.monotonic()
-                assert now - started < CHURN_BATCH_MAX_S, (
-                    f"batch {batch + 1}: only {i + 1} connections in {now - started:.0f} s; rates so far {rates}"
+            if i % 300 == 299:
+                elapsed = time.monotonic() - started
+                assert elapsed < CHURN_BATCH_MAX_S, (
+                    f"batch {batch + 1}: only {i + 1} connections in {elapsed:.0f} s; rates so far {rates}"
                 )
-                windows.append(CHURN_WINDOW / (now - window_started))
-                window_started = now
         rates.append(CHURN_CONNECTIONS / (time.monotonic() - started))
-        best.append(max(windows))
+        others.append(load.cpus())
         assert not failed, f"batch {batch + 1}: {len(failed)} failed, first {failed[:3]}"
         assert fd_count_becomes(s.pid, baseline) == baseline, f"batch {batch + 1} left fds open"
+    figures = (
+        f"forward churn: {' -> '.join(f'{r:.0f}' for r in rates)} connections/s"
+        f" (other processes used {' / '.join(f'{o:.2f}' for o in others)} CPUs)"
+    )
     with capsys.disabled():
-        print(
-            f"\nforward churn, connections/s: batches {' -> '.join(f'{r:.0f}' for r in rates)};"
-            f" best {CHURN_WINDOW}-connection windows {' -> '.join(f'{r:.0f}' for r in best)}"
-        )
-    assert best[-1] >= CHURN_MIN_RATIO * best[0], (rates, best)
+        print("\n" + figures)
     assert s.proc.poll() is None
+    if rates[-1] < CHURN_MIN_RATIO * rates[0] and max(others[0], others[-1]) > CHURN_QUIET_CPUS:
+        pytest.skip(f"the machine was too busy to compare rates: {figures}")
+    assert rates[-1] >= CHURN_MIN_RATIO * rates[0], figures
 
 
 def test_guest_sees_the_real_peer_and_the_gateway_for_loopback(world, start_slirpnet, sockdir, servers):
@@ -224,9 +265,9 @@ def test_forward_to_a_port_nobody_listens_on_resets_the_client(fwd, netns, serve
     s, path = fwd
     servers(netns, "ident", 8000)
     dead, live = free_ports(2)
+    baseline = fd_count(s.pid) + 2  # and the two listeners
     add(path, "tcp", dead, 8999)
     add(path, "tcp", live, 8000)
-    baseline = fd_count(s.pid)
     for _ in range(5):
         started = time.monotonic()
         try:  # the reset may even beat connect() back to this process, under load
