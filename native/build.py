@@ -27,7 +27,7 @@ ffibuilder.set_source(
     '#include "slirpnet.h"',
     sources=SOURCES,
     include_dirs=[str(HERE.relative_to(HERE.parent))],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-fno-strict-aliasing"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-fno-strict-aliasing", "-ffp-contract=off"],
 )
 
 if __name__ == "__main__":

@@ -489,6 +489,9 @@ class PythonDatapath:
         else:
             chunks = [payload]
         st = self._stats
+        if len(addr) != len(u.gaddr):
+            st["dp.udp_send_errors"] += 1
+            return
         for chunk in chunks:
             try:
                 u.sock.sendto(chunk, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL, target)
@@ -524,7 +527,7 @@ class PythonDatapath:
                 break
             self._activity[u.flow] = None
             fam = socket.AF_INET6 if u.v6 else socket.AF_INET
-            src = socket.inet_pton(fam, peer[0])
+            src = socket.inet_pton(fam, peer[0].partition("%")[0])
             if n > fits:
                 st["dp.udp_too_big"] += 1
                 big += 1
