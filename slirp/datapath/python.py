@@ -140,7 +140,7 @@ class PythonDatapath:
         self._mtu = mtu
         self._fwd = dict(forward_map or {})
         self._rev = dict(reverse_map or {})
-        self._slow = frozenset(slow_addrs)
+        self._slow_addrs = frozenset(slow_addrs)
         self._max_flows = max_flows
         self._peek_offset = peek_offset
         self._ep = select.epoll()
@@ -453,7 +453,7 @@ class PythonDatapath:
             if (
                 dport == 0
                 or dport == 67
-                or dst in self._slow
+                or dst in self._slow_addrs
                 or (len(dst) == 4 and (dst[0] >= 224 or dst == b"\xff\xff\xff\xff"))
                 or (len(dst) == 16 and dst[0] == 0xFF)
             ):
