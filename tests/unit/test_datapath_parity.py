@@ -707,3 +707,26 @@ def test_fileno_is_readable_only_with_host_events(twin):
     twin.host_send(1, b"x")
     for s in twin.sides:
         assert select.select([s.dp.fileno()], [], [], 0)[0] == []
+
+
+def test_receiver_sws_avoidance_keeps_small_openings_back(twin):
+    """rcv_adv moves only by at least min(MSS, ...): a 110-byte opening is not offered."""
+    g = established(twin, tcb=base_tcb(rcv_adv=5001 + (1 << 20) - 100))
+    _, frames = twin.guest(g.frame(ACK | PSH, b"0123456789"))
+    a = parse_out(frames[0])
+    assert a["ack"] == 5011 and a["window"] == -(-((1 << 20) - 110) // 32)
+    # once the opening reaches an MSS, it is offered in full
+    _, frames = twin.guest(g.frame(ACK | PSH, bytes(1500)))
+    assert parse_out(frames[0])["window"] == (1 << 20) // 32
+
+
+def test_host_data_and_fin_together(twin):
+    """A short peek after the host shut down goes on peeking: data and EOF in one call."""
+    established(twin)
+    for s in twin.sides:
+        s.conns[1].peer.sendall(b"final answer")
+        s.conns[1].peer.shutdown(socket.SHUT_WR)
+    items, frames = twin.host(wait=True)
+    assert data(frames)[0]["payload"] == b"final answer"
+    assert [i.reason for i in items] == ["host_eof"] and items[0].send_bytes == b"final answer"
+    assert items[0].tcb["snd_max"] == 1001 + 12
