@@ -54,7 +54,12 @@
 #ifndef SO_PEEK_OFF
 #define SO_PEEK_OFF 42
 #endif
-#define SN_SIOCOUTQ 0x5411
+#ifndef SO_MEMINFO
+#define SO_MEMINFO 55
+#endif
+#define SN_MEMINFO_VARS 9     /* SK_MEMINFO_RMEM_ALLOC .. SK_MEMINFO_DROPS */
+#define SN_MEMINFO_SNDBUF 3
+#define SN_MEMINFO_WMEM_QUEUED 5
 
 #define VNET_LEN 10
 #define ETH_LEN 14
@@ -392,13 +397,20 @@ static int64_t sws(const struct flow *f)
     return v < 1 ? 1 : v;
 }
 
+/* Send space in bytes we can promise: the kernel takes data while
+ * sk_wmem_queued < sk_sndbuf, both in truesize units (SO_MEMINFO gives the two
+ * in one call); bytes cost a little more than one unit each, so 1/8 is kept
+ * back.  (SO_SNDBUF - SIOCOUTQ counts bytes and over-promises.) */
 static void refresh_space(struct flow *f)
 {
-    int sndbuf = 0, outq = 0;
-    socklen_t sl = sizeof sndbuf;
+    uint32_t mi[SN_MEMINFO_VARS];
+    socklen_t sl = sizeof mi;
     int64_t space = 0;
-    if (getsockopt(f->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) == 0 && ioctl(f->fd, SN_SIOCOUTQ, &outq) == 0)
-        space = max64(0, (int64_t)sndbuf - outq);
+    memset(mi, 0, sizeof mi);
+    if (getsockopt(f->fd, SOL_SOCKET, SO_MEMINFO, mi, &sl) == 0) {
+        space = max64(0, (int64_t)mi[SN_MEMINFO_SNDBUF] - (int64_t)mi[SN_MEMINFO_WMEM_QUEUED]);
+        space -= space / 8;
+    }
     f->t.host_space = space;
     if (space > f->space_max)
         f->space_max = space;

@@ -116,7 +116,10 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
    A segment with payload at or across rcv_nxt marks the flow ACK-pending.
    The ACKs of rules 1–3 go out at once (they are the duplicate ACKs the
    guest's fast retransmit counts); ACK-pending ones once per flow per batch.
-4. Window (every segment we send): host space = SO_SNDBUF − SIOCOUTQ, read
+4. Window (every segment we send): host space = sndbuf − wmem_queued from
+   SO_MEMINFO (truesize units: the kernel's own sk_stream_memory_free test),
+   less 1/8 for the per-byte overhead — SO_SNDBUF − SIOCOUTQ counts bytes
+   and over-promises, so that the guest's data found the socket full — read
    again when the flow wrote to its socket since, on EPOLLOUT, or while it
    is below rcv_buf_max; window = min(host space, rcv_buf_max,
    0xFFFF << rcv_wscale); rcv_adv moves right only, and only by at least

@@ -21,7 +21,6 @@ straight into place, then written to the TAP.
 from __future__ import annotations
 
 import errno as errno_mod
-import fcntl
 import os
 import select
 import socket
@@ -59,7 +58,9 @@ L3 = VNET_LEN + ETH_LEN
 TAP_BUF_LEN = VNET_LEN + 65536 + 14 + 64  # never truncate a 64 KiB frame (gotcha 6)
 MAX_FRAME_LEN = 65535  # Ethernet + IP + TCP + payload of one GSO frame
 SO_PEEK_OFF = 42
-SIOCOUTQ = 0x5411
+SO_MEMINFO = 55
+MEMINFO_SNDBUF = 3
+MEMINFO_WMEM_QUEUED = 5
 F_NEEDS_CSUM = 1
 F_DATA_VALID = 2
 GSO_NONE = 0
@@ -84,7 +85,7 @@ _TS = struct.Struct("!4sII")
 _UDP = struct.Struct("!HHHH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_INT = struct.Struct("i")
+_MEMINFO = struct.Struct("9I")  # SK_MEMINFO_RMEM_ALLOC .. SK_MEMINFO_DROPS
 
 
 def _lt(a: int, b: int) -> bool:
@@ -758,11 +759,13 @@ class PythonDatapath:
         return max(1, min(f.space_max // 2, f.rcv_wnd_max // 2, f.our_mss))
 
     def _refresh_space(self, f: _Tcp) -> None:
+        """Send space we can promise (contract rule 4): SO_MEMINFO's sndbuf -
+        wmem_queued (truesize units, the kernel's own test), 1/8 kept back."""
         try:
-            sndbuf = f.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            outq = _INT.unpack(fcntl.ioctl(f.fd, SIOCOUTQ, b"\0\0\0\0"))[0]
-            space = max(0, sndbuf - outq)
-        except OSError:
+            mi = _MEMINFO.unpack(f.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
+            space = max(0, mi[MEMINFO_SNDBUF] - mi[MEMINFO_WMEM_QUEUED])
+            space -= space // 8
+        except (OSError, struct.error):
             space = 0
         f.host_space = space
         if space > f.space_max:
