@@ -722,6 +722,13 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
 
 /* ------------------------------------------------------------------ TCP: host data to the guest */
 
+/* Host data or EOF waiting (nothing is in flight when this is asked). */
+static int host_waiting(const struct flow *f)
+{
+    int inq = 0;
+    return f->host_fin || (ioctl(f->fd, FIONREAD, &inq) == 0 && inq > 0);
+}
+
 /* Send what the guest's window and INFLIGHT_MAX allow.  0 if the flow was ejected. */
 static int output(struct sn_dp *dp, struct flow *f, double now)
 {
@@ -770,7 +777,7 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
         if (r < n && !f->host_fin)
             break;
     }
-    if (t->snd_wnd == 0 && t->snd_max == t->snd_una && f->timer == T_NONE)
+    if (t->snd_wnd == 0 && t->snd_max == t->snd_una && f->timer == T_NONE && host_waiting(f))
         timer_set(dp, f, T_PERSIST, now + t->rto);
     else if (t->snd_wnd && f->timer == T_PERSIST)
         timer_set(dp, f, T_NONE, 0.0);

@@ -141,8 +141,9 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
    once nothing is in flight).  Host sockets are watched edge-triggered
    (EPOLLIN|EPOLLRDHUP|EPOLLET): new host data is an event; data that waits
    for the guest's window is picked up by the ACK that opens it.  Closed
-   window with nothing in flight → a persist timer (one RTO) →
-   Ejected(zero_window) unless the window opens first.
+   window with nothing in flight and host data (FIONREAD) or EOF waiting →
+   a persist timer (one RTO) → Ejected(zero_window) unless the window opens
+   first; an idle flow behind a closed window stays.
 6. RTO expiry with data in flight: go-back-N, RTO doubled (≤ 60 s); the
    MAX_RTO_RETRIES-th consecutive expiry → Ejected(timeout) instead; an
    expiry while the guest's window is closed → Ejected(zero_window).

@@ -21,10 +21,12 @@ straight into place, then written to the TAP.
 from __future__ import annotations
 
 import errno as errno_mod
+import fcntl
 import os
 import select
 import socket
 import struct
+import termios
 
 from netstack.wire.checksum import checksum, csum_fold, csum_partial
 
@@ -85,6 +87,7 @@ _TS = struct.Struct("!4sII")
 _UDP = struct.Struct("!HHHH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_INT = struct.Struct("i")
 _MEMINFO = struct.Struct("9I")  # SK_MEMINFO_RMEM_ALLOC .. SK_MEMINFO_DROPS
 
 
@@ -743,11 +746,21 @@ class PythonDatapath:
             f.ack_pending = False
             if r < n and not f.host_fin:
                 break
-        if f.snd_wnd == 0 and f.snd_max == f.snd_una and f.timer == T_NONE:
+        if f.snd_wnd == 0 and f.snd_max == f.snd_una and f.timer == T_NONE and self._host_waiting(f):
             f.timer, f.timer_at = T_PERSIST, now + f.rto
         elif f.snd_wnd and f.timer == T_PERSIST:
             f.timer = T_NONE
         return True
+
+    @staticmethod
+    def _host_waiting(f: _Tcp) -> bool:
+        """Host data or EOF waiting (nothing is in flight when this is asked)."""
+        if f.host_fin:
+            return True
+        try:
+            return _INT.unpack(fcntl.ioctl(f.fd, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
 
     def _send_ack(self, f: _Tcp, now: float) -> None:
         self._tcp_frame(f, now, f.snd_max, ACK, 0)

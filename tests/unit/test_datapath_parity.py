@@ -730,3 +730,11 @@ def test_host_data_and_fin_together(twin):
     assert data(frames)[0]["payload"] == b"final answer"
     assert [i.reason for i in items] == ["host_eof"] and items[0].send_bytes == b"final answer"
     assert items[0].tcb["snd_max"] == 1001 + 12
+
+
+def test_closed_window_without_host_data_arms_nothing(twin):
+    g = established(twin)
+    twin.guest(g.frame(ACK, window=0))
+    assert twin.deadline() is None, "nothing to send: no persist, no ejection"
+    _, frames = twin.host_send(1, b"now there is")
+    assert frames == [] and twin.deadline() == pytest.approx(twin.now + 0.2)
