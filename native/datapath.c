@@ -128,10 +128,10 @@ struct touched {
     uint32_t gen;
 };
 
-struct ready {
+struct ready {                  /* a flow to service: epoll events, or its generation for timers() */
     uint64_t id;
     int32_t idx;
-    uint32_t events;
+    uint32_t aux;
 };
 
 struct sn_dp {
@@ -148,6 +148,7 @@ struct sn_dp {
     uint32_t ntouched;
     uint64_t *activity;
     uint32_t nactivity, activity_cap;
+    struct ready *due;          /* timers(): max_flows entries */
     struct addrmap fwd[MAX_MAPS], rev[MAX_MAPS], slow[MAX_MAPS];
     uint32_t nfwd, nrev, nslow;
     uint64_t stats[SN_DP_S_COUNT];
@@ -1142,10 +1143,11 @@ struct sn_dp *sn_dp_new(int tap_fd, int mtu, uint32_t max_flows, int peek_offset
     dp->by_key = malloc(cap * sizeof *dp->by_key);
     dp->by_id = malloc(cap * sizeof *dp->by_id);
     dp->activity = malloc(dp->activity_cap * sizeof *dp->activity);
+    dp->due = malloc(max_flows * sizeof *dp->due);
     dp->rx = malloc(TAP_BUF_LEN);
     dp->tx = malloc(TX_BUF_LEN);
     dp->scratch = malloc(SN_DP_INFLIGHT_MAX);
-    if (dp->ep < 0 || !dp->flows || !dp->free_list || !dp->by_key || !dp->by_id || !dp->activity || !dp->rx ||
+    if (dp->ep < 0 || !dp->flows || !dp->free_list || !dp->by_key || !dp->by_id || !dp->activity || !dp->due || !dp->rx ||
         !dp->tx || !dp->scratch) {
         sn_dp_free(dp);
         return NULL;
@@ -1183,6 +1185,7 @@ void sn_dp_free(struct sn_dp *dp)
     free(dp->by_key);
     free(dp->by_id);
     free(dp->activity);
+    free(dp->due);
     free(dp->rx);
     free(dp->tx);
     free(dp->scratch);
@@ -1469,37 +1472,42 @@ long sn_dp_host_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
         if (!f->used || f->id != rd[i].id)
             continue;
         if (f->key.proto == P_TCP)
-            tcp_host_event(dp, f, rd[i].events, now);
+            tcp_host_event(dp, f, rd[i].aux, now);
         else
-            big = udp_host_event(dp, f, rd[i].events, big);
+            big = udp_host_event(dp, f, rd[i].aux, big);
     }
     return (long)dp->out.len;
+}
+
+static int ready_by_id(const void *a, const void *b)
+{
+    uint64_t x = ((const struct ready *)a)->id, y = ((const struct ready *)b)->id;
+    return x < y ? -1 : x > y;
 }
 
 long sn_dp_timers(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
 {
     out_begin(dp, out, cap);
-    /* due flows in flow-id order: pick the smallest due id repeatedly; the
-     * armed list only holds flows with data in flight or a closed window */
-    uint64_t last = 0;
-    int first = 1;
-    for (;;) {
-        int32_t best = -1;
-        for (int32_t i = dp->timers; i >= 0; i = dp->flows[i].tnext) {
-            const struct flow *f = &dp->flows[i];
-            if (f->timer == T_NONE || f->timer_at > now || (!first && f->id <= last))
-                continue;
-            if (best < 0 || f->id < dp->flows[best].id)
-                best = i;
+    /* due flows in flow-id order (the armed list holds only flows with data
+     * in flight or a closed window) */
+    uint32_t n = 0;
+    for (int32_t i = dp->timers; i >= 0; i = dp->flows[i].tnext) {
+        const struct flow *f = &dp->flows[i];
+        if (f->timer != T_NONE && f->timer_at <= now) {
+            dp->due[n].id = f->id;
+            dp->due[n].idx = i;
+            dp->due[n].aux = f->gen;
+            n++;
         }
-        if (best < 0)
-            break;
+    }
+    qsort(dp->due, n, sizeof *dp->due, ready_by_id);
+    for (uint32_t k = 0; k < n; k++) {
+        struct flow *f = &dp->flows[dp->due[k].idx];
+        if (!f->used || f->gen != dp->due[k].aux || f->timer == T_NONE)
+            continue;
         if (dp->out.len + sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + 8 > dp->out.cap)
             break;
-        struct flow *f = &dp->flows[best];
         struct sn_tcb *t = &f->t;
-        last = f->id;
-        first = 0;
         int kind = f->timer;
         timer_set(dp, f, T_NONE, 0.0);
         if (kind == T_PERSIST) {
