@@ -31,11 +31,15 @@ import sys
 
 import uvloop
 
+from netstack.addressing import IPV6_DNS, IPV6_GATEWAY
+from netstack.policy import LOOPBACK4, LOOPBACK6
 from netstack.stack import Stack, StackConfig
 
 from .api import ApiServer
 from .config import Config
+from .datapath import open_datapath
 from .hostsock import HostSockets, ping_sockets_allowed
+from .offload import ACTIVITY_REFRESH_S, Offload
 from .resolvconf import RESOLV_CONF_CHECK_S, ResolvConf
 from .portfwd import ForwardRegistry
 from .run import exit_status
@@ -53,6 +57,7 @@ class FdKind(enum.Enum):
     HOST_TCP = "host_tcp"  # a flow's TCP socket, readable
     HOST_UDP = "host_udp"
     HOST_PING = "host_ping"
+    DATAPATH = "datapath"  # the datapath's epoll fd: host sockets of offloaded flows
     API_LISTENER = "api_listener"  # the API socket (slirp/api.py)
     API_CONN = "api_conn"  # an API client, readable: its one request
     API_REPLY = "api_reply"  # an API client, writable: the rest of a long reply
@@ -72,6 +77,7 @@ class Driver:
         self.events: list = []
         self.hostsocks = HostSockets(self, cfg.outbound4, cfg.outbound6)
         self.resolv_conf = ResolvConf(cfg.resolv_conf)
+        self.offload = make_offload(self, cfg, tap_fd)
         self.forwards = ForwardRegistry(cfg.plan, host=self, counters=self.counters)
         self.api = None  # an ApiServer once open_api() succeeded
         self.handlers = {
@@ -81,6 +87,7 @@ class Driver:
             FdKind.HOST_TCP: self.hostsocks.tcp_readable_handler,
             FdKind.HOST_UDP: self.hostsocks.udp_readable_handler,
             FdKind.HOST_PING: self.hostsocks.ping_readable_handler,
+            FdKind.DATAPATH: self.datapath_readable_handler,
             FdKind.API_LISTENER: self.api_listener_handler,
             FdKind.API_CONN: self.api_request_handler,
             FdKind.API_REPLY: self.api_reply_handler,
@@ -94,7 +101,6 @@ class Driver:
         self._exit_poll: select.epoll | None = None
         self.status = 0
         self._flushing = False
-        self.offload = None  # slirp.offload.Offload when a datapath is in use
         # Opened now, not when the loop starts: pidfd_open is on the seccomp
         # deny-list, and the filter is loaded before run().
         self._pidfd = os.pidfd_open(child.pid) if child is not None else None
@@ -210,6 +216,9 @@ class Driver:
             if not self._watch_exit_fd():
                 return self.finish(0)
             self.watch(self.tap_fd, FdKind.TAP)
+            if self.offload is not None:
+                self.watch(self.offload.dp.fileno(), FdKind.DATAPATH)
+                self.loop.call_later(ACTIVITY_REFRESH_S, self.activity_handler)
             if self.child is not None:
                 self.watch(self._pidfd, FdKind.CHILD)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
@@ -223,6 +232,8 @@ class Driver:
             self.loop.run_forever()
         finally:
             self.close_edge()
+            if self.offload is not None:
+                self.offload.dp.close()
             self.hostsocks.close_all()
             self.loop.close()
         return self.status
@@ -243,6 +254,11 @@ class Driver:
     # -- handlers -------------------------------------------------------------
 
     def tap_readable_handler(self) -> None:
+        if self.offload is not None:
+            now = self.loop.time()
+            self.offload.deliver(self.offload.dp.tap_readable(now), now)
+            self.flush()
+            return
         stack = self.stack
         view = self._tap_view
         fd = self.tap_fd
@@ -315,8 +331,22 @@ class Driver:
     def timer_handler(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.stack.poll(self.loop.time())
+        now = self.loop.time()
+        self.stack.poll(now)
+        if self.offload is not None:
+            self.offload.deliver(self.offload.dp.timers(now), now)
         self.flush()
+
+    def datapath_readable_handler(self) -> None:
+        """Host sockets of offloaded flows are ready."""
+        now = self.loop.time()
+        self.offload.deliver(self.offload.dp.host_readable(now), now)
+        self.flush()
+
+    def activity_handler(self) -> None:
+        """Refresh netstack's idle timers of flows only the datapath saw."""
+        self.offload.refresh_activity(self.loop.time())
+        self.loop.call_later(ACTIVITY_REFRESH_S, self.activity_handler)
 
     # -- output ---------------------------------------------------------------
 
@@ -356,9 +386,16 @@ class Driver:
             else:
                 self.loop.call_soon(self.flush)  # more to do: yield to other fds first
             self._write_frames(stack.take_frames())
+            if self.offload is not None:
+                self.offload.install_ready(self.loop.time())
         finally:
             self._flushing = False
-        self._arm_timer(self.stack.next_deadline())
+        deadline = self.stack.next_deadline()
+        if self.offload is not None:
+            dp_deadline = self.offload.dp.next_deadline()
+            if dp_deadline is not None and (deadline is None or dp_deadline < deadline):
+                deadline = dp_deadline
+        self._arm_timer(deadline)
 
     def _write_frames(self, frames: list) -> None:
         fd = self.tap_fd
@@ -404,6 +441,27 @@ class Driver:
         self._exit_poll = ep
         self.watch(ep.fileno(), FdKind.EXIT)
         return True
+
+
+def make_offload(driver: Driver, cfg: Config, tap_fd: int) -> Offload | None:
+    """The datapath named by $SLIRPNET_DATAPATH (native, python; ``off``: the
+    core moves every byte itself), wrapped for the Driver."""
+    kind = os.environ.get("SLIRPNET_DATAPATH", "native")
+    if kind == "off":
+        return None
+    plan = cfg.plan
+    forward_map, slow_addrs = {}, set()
+    if cfg.disable_host_loopback:
+        slow_addrs.update((plan.gateway, IPV6_GATEWAY))
+    else:
+        forward_map.update({plan.gateway: LOOPBACK4, IPV6_GATEWAY: LOOPBACK6})
+    if not cfg.disable_dns:
+        slow_addrs.update((plan.dns, IPV6_DNS))
+    reverse_map = {LOOPBACK4: plan.gateway, LOOPBACK6: IPV6_GATEWAY}
+    dp = open_datapath(
+        kind, tap_fd=tap_fd, mtu=cfg.mtu, forward_map=forward_map, reverse_map=reverse_map, slow_addrs=slow_addrs
+    )
+    return Offload(driver, dp)
 
 
 def stack_config(cfg: Config, ping_relay: bool) -> StackConfig:
