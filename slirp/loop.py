@@ -98,6 +98,7 @@ class Driver:
         self._tap_view = memoryview(self._tap_buf)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._stack_deadline: float | None = None  # as of the last flush
         self._exit_poll: select.epoll | None = None
         self.status = 0
         self._flushing = False
@@ -256,8 +257,12 @@ class Driver:
     def tap_readable_handler(self) -> None:
         if self.offload is not None:
             now = self.loop.time()
-            self.offload.deliver(self.offload.dp.tap_readable(now), now)
-            self.flush()
+            items = self.offload.dp.tap_readable(now)
+            if items:
+                self.offload.deliver(items, now)
+                self.flush()
+            else:
+                self._datapath_only()
             return
         stack = self.stack
         view = self._tap_view
@@ -340,8 +345,22 @@ class Driver:
     def datapath_readable_handler(self) -> None:
         """Host sockets of offloaded flows are ready."""
         now = self.loop.time()
-        self.offload.deliver(self.offload.dp.host_readable(now), now)
-        self.flush()
+        items = self.offload.dp.host_readable(now)
+        if items:
+            self.offload.deliver(items, now)
+            self.flush()
+        else:
+            self._datapath_only()
+
+    def _datapath_only(self) -> None:
+        """The datapath handled everything itself: the stack has nothing new
+        to say, so only the datapath's deadline can have moved (this is the
+        per-wake-up cost of every offloaded byte: keep it small)."""
+        dp_deadline = self.offload.dp.next_deadline()
+        if dp_deadline is not None and (self._stack_deadline is None or dp_deadline < self._stack_deadline):
+            self._arm_timer(dp_deadline)
+        else:
+            self._arm_timer(self._stack_deadline)
 
     def activity_handler(self) -> None:
         """Refresh netstack's idle timers of flows only the datapath saw."""
@@ -390,7 +409,7 @@ class Driver:
                 self.offload.install_ready(self.loop.time())
         finally:
             self._flushing = False
-        deadline = self.stack.next_deadline()
+        deadline = self._stack_deadline = self.stack.next_deadline()
         if self.offload is not None:
             dp_deadline = self.offload.dp.next_deadline()
             if dp_deadline is not None and (deadline is None or dp_deadline < deadline):
@@ -411,14 +430,17 @@ class Driver:
                     raise
 
     def _arm_timer(self, deadline: float | None) -> None:
-        if deadline == self._timer_at:
+        """One timer for the earliest deadline.  A timer already armed earlier
+        than ``deadline`` is kept (waking early is harmless: the handler asks
+        again), so deadlines that only move later — a retransmission timer
+        pushed back by every ACK — cost nothing per packet."""
+        armed = self._timer_at
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self.timer_handler)
+        self._timer = self.loop.call_at(deadline, self.timer_handler)
 
     def _watch_exit_fd(self) -> bool:
         """Watch the exit fd for HUP/ERR only (readable data must not end us).
