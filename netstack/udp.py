@@ -3,7 +3,9 @@
 Dispatch of a guest datagram, after the length and checksum checks of
 netstack/wire/udp.py:
 
-1. destination port 67 → the DHCP server (netstack/dhcp.py);
+1. IPv4 destination port 67 → the DHCP server (netstack/dhcp.py); IPv6
+   destination port 547 at ff02::1:2 or one of the stack's own addresses →
+   the DHCPv6 server (netstack/dhcpv6.py);
 2. the destination policy (netstack/policy.py): DNS → the forwarder
    (netstack/dns.py); REFUSE → ICMP net unreachable; FORWARD → NAT.
 
@@ -17,10 +19,14 @@ libslirp); when the table is full the least recently used idle flow is
 evicted (its socket closed).  An ICMP error the host socket reports for a
 datagram (IP_RECVERR) comes back as UdpFailed and is turned into the
 matching ICMP unreachable toward the guest (port unreachable for
-ECONNREFUSED), quoting a reconstruction of the guest's datagram header.
+ECONNREFUSED), quoting a reconstruction of the guest's datagram header.  IPv6 is the same with ICMPv6 (RFC 4443
+§3.1): port unreachable (code 4) for ECONNREFUSED, address unreachable
+(code 3) for EHOSTUNREACH, no route (code 0) otherwise and for refused
+destinations (code 3 for foreign link-local ones).
 
-Datagrams toward the guest larger than the MTU are sent as IPv4 fragments
-with a complete UDP checksum; others use checksum offload.
+Datagrams toward the guest larger than the MTU are sent as IP fragments
+(IPv4, or IPv6 Fragment headers) with a complete UDP checksum; others use
+checksum offload.
 
 Drops: ``udp.*`` from the wire module, ``udp.multicast`` (we do not relay
 multicast), ``udp.port_zero``, ``udp.no_flow`` (an event for a flow that has
@@ -36,15 +42,18 @@ from . import actions as act
 from .frames import udp_frame
 from .nat import PROTO_UDP, FlowKey, FlowState, FlowTable, FlowTableFull
 from .policy import DNS, REFUSE, Policy
-from .wire import Malformed, icmpv4
+from .wire import Malformed, icmpv4, icmpv6
 from .wire import udp as wire_udp
 from .wire.checksum import checksum, pseudo_sum_v4, pseudo_sum_v6
 
 UDP_IDLE_TIMEOUT_S = 240.0
 DHCP_SERVER_PORT = 67
+DHCPV6_SERVER_PORT = 547
+ALL_DHCP_AGENTS = b"\xff\x02" + bytes(11) + b"\x01\x00\x02"  # ff02::1:2
 
 _UDP = struct.Struct("!HHHH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
 
 
 class UdpNatFlow:
@@ -69,14 +78,15 @@ class UdpForwardFlow:
 
 
 class UdpLayer:
-    __slots__ = ("stack", "flows", "policy", "dns", "dhcp", "link")
+    __slots__ = ("stack", "flows", "policy", "dns", "dhcp", "dhcpv6", "link")
 
-    def __init__(self, stack, flows: FlowTable, policy: Policy, dns=None, dhcp=None, link: int = 0):
+    def __init__(self, stack, flows: FlowTable, policy: Policy, dns=None, dhcp=None, link: int = 0, dhcpv6=None):
         self.stack = stack
         self.flows = flows
         self.policy = policy
         self.dns = dns
         self.dhcp = dhcp
+        self.dhcpv6 = dhcpv6
         self.link = link
 
     # -- from the guest ---------------------------------------------------------
@@ -90,9 +100,14 @@ class UdpLayer:
             stack.counters.bump(err.counter)
             return
         dport = view.dst_port
-        if dport == DHCP_SERVER_PORT and self.dhcp is not None:
-            self.dhcp.from_guest(ip, view, now)
-            return
+        if len(dst) == 4:
+            if dport == DHCP_SERVER_PORT and self.dhcp is not None:
+                self.dhcp.from_guest(ip, view, now)
+                return
+        elif dport == DHCPV6_SERVER_PORT and self.dhcpv6 is not None:
+            if dst == ALL_DHCP_AGENTS or stack.plan.mac_of(dst) is not None:
+                self.dhcpv6.from_guest(ip, view, now)
+                return
         sport = view.src_port
         if sport == 0 or dport == 0:
             stack.counters.bump("udp.port_zero")
@@ -200,16 +215,21 @@ class UdpLayer:
         if not isinstance(endpoint, UdpNatFlow):
             self.dns.upstream_failed(flow, err, now)
             return
-        code = {
-            errno.ECONNREFUSED: icmpv4.UNREACH_PORT,
-            errno.EHOSTUNREACH: icmpv4.UNREACH_HOST,
-        }.get(err, icmpv4.UNREACH_NET)
         remote = self.policy.guest_view_of(addr)
         if len(remote) == 4:
+            code = {
+                errno.ECONNREFUSED: icmpv4.UNREACH_PORT,
+                errno.EHOSTUNREACH: icmpv4.UNREACH_HOST,
+            }.get(err, icmpv4.UNREACH_NET)
             quote = _quote_v4(endpoint.guest_addr, remote, endpoint.guest_port, port)
             self.stack.icmp.unreachable_quote(remote, endpoint.guest_addr, code, quote)
-        else:
-            self.stack.counters.bump("udp.failed_v6")
+        elif self.stack.icmpv6 is not None:
+            code = {
+                errno.ECONNREFUSED: icmpv6.UNREACH_PORT,
+                errno.EHOSTUNREACH: icmpv6.UNREACH_ADDRESS,
+            }.get(err, icmpv6.UNREACH_NO_ROUTE)
+            quote = _quote_v6(endpoint.guest_addr, remote, endpoint.guest_port, port)
+            self.stack.icmpv6.unreachable_quote(remote, endpoint.guest_addr, code, quote)
 
     def poll(self, now: float) -> None:
         for flow in self.flows.expire(PROTO_UDP, now):
@@ -244,4 +264,12 @@ def _quote_v4(guest: bytes, remote: bytes, sport: int, dport: int) -> bytes:
     _IPV4.pack_into(header, 0, 0x45, 0, 28, 0, 0, 64, PROTO_UDP, 0, guest, remote)
     struct.pack_into("!H", header, 10, checksum(header[:20]))
     _UDP.pack_into(header, 20, sport, dport, 8, 0)
+    return bytes(header)
+
+
+def _quote_v6(guest: bytes, remote: bytes, sport: int, dport: int) -> bytes:
+    """IPv6 header + UDP header of the guest's datagram, reconstructed for an ICMPv6 quote."""
+    header = bytearray(48)
+    _IPV6.pack_into(header, 0, 0x60000000, 8, PROTO_UDP, 64, guest, remote)
+    _UDP.pack_into(header, 40, sport, dport, 8, 0)
     return bytes(header)
