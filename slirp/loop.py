@@ -72,13 +72,14 @@ class Driver:
         self.child = child
         self.loop = uvloop.new_event_loop()
         self.ping_relay = ping_sockets_allowed()
-        self.stack = Stack(stack_config(cfg, self.ping_relay))
+        self.ping_relay6 = cfg.enable_ipv6 and ping_sockets_allowed(socket.AF_INET6)
+        self.stack = Stack(stack_config(cfg, self.ping_relay, self.ping_relay6))
         self.counters = self.stack.counters
         self.events: list = []
         self.hostsocks = HostSockets(self, cfg.outbound4, cfg.outbound6)
         self.resolv_conf = ResolvConf(cfg.resolv_conf)
         self.offload = make_offload(self, cfg, tap_fd)
-        self.forwards = ForwardRegistry(cfg.plan, host=self, counters=self.counters)
+        self.forwards = ForwardRegistry(cfg.plan, host=self, counters=self.counters, enable_ipv6=cfg.enable_ipv6)
         self.api = None  # an ApiServer once open_api() succeeded
         self.handlers = {
             FdKind.TAP: self.tap_readable_handler,
@@ -486,7 +487,7 @@ def make_offload(driver: Driver, cfg: Config, tap_fd: int) -> Offload | None:
     return Offload(driver, dp)
 
 
-def stack_config(cfg: Config, ping_relay: bool) -> StackConfig:
+def stack_config(cfg: Config, ping_relay: bool, ping_relay6: bool = False) -> StackConfig:
     return StackConfig(
         plan=cfg.plan,
         mtu=cfg.mtu,
@@ -494,6 +495,7 @@ def stack_config(cfg: Config, ping_relay: bool) -> StackConfig:
         disable_dns=cfg.disable_dns,
         enable_ipv6=cfg.enable_ipv6,
         ping_relay=ping_relay,
+        ping_relay6=ping_relay6,
     )
 
 

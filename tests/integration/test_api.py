@@ -276,13 +276,14 @@ def test_non_local_address_and_privileged_port_are_refused(api):
     assert request(path, LIST) == EMPTY_LIST
 
 
-def test_ipv6_addresses_are_refused_for_now(api):
+def test_ipv6_guest_addresses_need_enable_ipv6(api):
     _, path = api
-    assert request(path, add_req("tcp", 8080, host_addr="::1")) == err(
-        "bad request: add_hostfwd: bad arguments.host_addr"
+    (port,) = free_ports(1)
+    assert request(path, add_req("tcp", port, guest_addr="fd00::64")) == err(
+        "bad request: add_hostfwd: slirp_add_hostfwd failed"
     )
-    assert request(path, add_req("tcp", 8080, guest_addr="fd00::64")) == err(
-        "bad request: add_hostfwd: bad arguments.guest_addr"
+    assert request(path, add_req("tcp", port, host_addr="[::1]")) == err(
+        "bad request: add_hostfwd: bad arguments.host_addr"
     )
 
 
