@@ -38,7 +38,12 @@ or is undefined:
 - a number outside C's int range (``1e10``) is a bad argument (1.2.0
   converts it to INT_MIN, an undefined conversion, and binds port 0);
 - a ``host_addr``/``guest_addr`` that is present but neither a string nor
-  null is a bad argument (1.2.0 treats it as missing and binds 0.0.0.0).
+  null is a bad argument (1.2.0 treats it as missing and binds 0.0.0.0);
+- IPv6 ``host_addr`` and ``guest_addr`` are accepted (an extension: 1.2.0
+  answers ``bad arguments.host_addr``/``guest_addr``); an IPv6
+  ``guest_addr`` that names no single node (::, ::1, multicast,
+  IPv4-mapped) is a bad argument, and one without ``--enable-ipv6`` fails
+  the add (see slirp/portfwd.py).
 
 Glue (:class:`ApiServer`): the listener and every connection are watched by
 the uvloop Driver, so no client can stall traffic — slirp4netns "stops the
