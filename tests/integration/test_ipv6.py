@@ -174,8 +174,20 @@ def test_slaac_address_default_route_and_own_addresses(netns, start_slirpnet):
     assert "fd00::2 lladdr 52:55:0a:00:02:02" in neigh and "fd00::3 lladdr 52:55:0a:00:02:03" in neigh, neigh
 
 
-def test_dhcpv6_information_request(netns, start_slirpnet):
+def test_dhcpv6_information_request(netns, start_slirpnet, tmp_path):
     start6(start_slirpnet, netns)
+    # ISC dhclient in stateless mode (-S: Information-request only), its
+    # script printing what it learned.
+    script, out = tmp_path / "dhclient-script", tmp_path / "dhclient.out"
+    script.write_text(f'#!/bin/sh\necho "$reason $new_dhcp6_name_servers" >> {out}\n')
+    script.chmod(0o755)
+    res = netns.run(
+        "dhclient", "-6", "-S", "-1", "-v", "-lf", str(tmp_path / "leases"), "-pf", str(tmp_path / "pid"),
+        "-sf", str(script), "tap0", timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 0 and b"Reply message on tap0 from fe80::2" in res.stderr, res.stderr
+    assert out.read_text().split()[-1] == "fd00::3"
+    # The same exchange by hand, to check the Reply's identifiers too.
     code = """
 import socket, struct
 idx = socket.if_nametoindex("tap0")
