@@ -63,7 +63,7 @@ import random
 from .addressing import IPV6_DNS, IPV6_GATEWAY, IPV6_PREFIX, IPV6_ROUTER_LINK_LOCAL
 from .frames import ethernet_frame
 from .wire import Malformed, ethernet, ndp
-from .wire.icmpv6 import NEIGHBOR_ADVERTISEMENT, NEIGHBOR_SOLICITATION, ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION
+from .wire.icmpv6 import NEIGHBOR_ADVERTISEMENT, NEIGHBOR_SOLICITATION, ROUTER_SOLICITATION
 from .wire.ipv6 import NH_ICMPV6, UNSPECIFIED, Ipv6Header, multicast_mac, solicited_node_multicast
 
 ALL_NODES = b"\xff\x02" + bytes(13) + b"\x01"

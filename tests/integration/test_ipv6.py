@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import pathlib
 import shutil
 import socket
 import subprocess
