@@ -31,7 +31,7 @@ import sys
 
 import uvloop
 
-from netstack.addressing import IPV6_DNS, IPV6_GATEWAY
+from netstack.addressing import IPV6_DNS, IPV6_GATEWAY, IPV6_ROUTER_LINK_LOCAL
 from netstack.policy import LOOPBACK4, LOOPBACK6
 from netstack.stack import Stack, StackConfig
 
@@ -474,10 +474,11 @@ def make_offload(driver: Driver, cfg: Config, tap_fd: int) -> Offload | None:
         return None
     plan = cfg.plan
     forward_map, slow_addrs = {}, set()
+    # The router's link-local fe80::2 is the gateway too (netstack/policy.py).
     if cfg.disable_host_loopback:
-        slow_addrs.update((plan.gateway, IPV6_GATEWAY))
+        slow_addrs.update((plan.gateway, IPV6_GATEWAY, IPV6_ROUTER_LINK_LOCAL))
     else:
-        forward_map.update({plan.gateway: LOOPBACK4, IPV6_GATEWAY: LOOPBACK6})
+        forward_map.update({plan.gateway: LOOPBACK4, IPV6_GATEWAY: LOOPBACK6, IPV6_ROUTER_LINK_LOCAL: LOOPBACK6})
     if not cfg.disable_dns:
         slow_addrs.update((plan.dns, IPV6_DNS))
     reverse_map = {LOOPBACK4: plan.gateway, LOOPBACK6: IPV6_GATEWAY}
