@@ -989,15 +989,33 @@ static int l4_ok(const uint8_t *seg, uint32_t len, const uint8_t *src, const uin
     return sn_checksum(seg, len, s) == 0;
 }
 
+/* Destinations netstack's policy never sends as they are: the host's own
+ * loopback and unspecified addresses, IPv4-mapped/-compatible forms of them,
+ * link-local and the guest's fd00::/64 (mapped or refused by policy), and
+ * multicast/broadcast.  Only an exact forward_map entry makes one of them
+ * fast (it is then rewritten); otherwise the datagram goes to netstack, so a
+ * guest cannot reach 127.0.0.1 around --disable-host-loopback. */
+static int is_special_dst(const uint8_t *d, uint32_t alen)
+{
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t ula64[8] = {0xfd, 0, 0, 0, 0, 0, 0, 0};
+    static const uint8_t zero12[12];
+    if (alen == 4)
+        return d[0] == 0 || d[0] == 127 || d[0] >= 224;
+    return d[0] == 0xff                               /* multicast */
+        || (d[0] == 0xfe && (d[1] & 0xc0) == 0x80)    /* fe80::/10 */
+        || memcmp(d, ula64, 8) == 0                   /* fd00::/64 */
+        || memcmp(d, zero12, 12) == 0                 /* ::, ::1, ::a.b.c.d */
+        || memcmp(d, v4mapped, 12) == 0;              /* ::ffff:a.b.c.d */
+}
+
 static int is_slow_dst(const struct sn_dp *dp, const uint8_t *dst, uint32_t alen, uint16_t dport)
 {
     if (dport == 0 || dport == 67)
         return 1;
     if (map_find(dp->slow, dp->nslow, dst, alen))
         return 1;
-    if (alen == 4)
-        return dst[0] >= 224; /* multicast, 255.255.255.255 included */
-    return dst[0] == 0xff;
+    return is_special_dst(dst, alen) && !map_find(dp->fwd, dp->nfwd, dst, alen);
 }
 
 static void frame_from_guest(struct sn_dp *dp, const uint8_t *b, size_t n, double now)

@@ -128,6 +128,26 @@ _TCB_FIELDS = (
 )  # fmt: skip
 
 
+_ULA64 = b"\xfd" + bytes(7)
+_ZERO12 = bytes(12)
+_V4MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _special_dst(d: bytes) -> bool:
+    """Destinations netstack's policy never sends as they are (see
+    is_special_dst in native/datapath.c): loopback, unspecified, IPv4-mapped
+    and -compatible, link-local, fd00::/64, multicast/broadcast."""
+    if len(d) == 4:
+        return d[0] == 0 or d[0] == 127 or d[0] >= 224
+    return (
+        d[0] == 0xFF
+        or (d[0] == 0xFE and d[1] & 0xC0 == 0x80)
+        or d[:8] == _ULA64
+        or d[:12] == _ZERO12
+        or d[:12] == _V4MAPPED
+    )
+
+
 class PythonDatapath:
     def __init__(
         self,
@@ -458,8 +478,7 @@ class PythonDatapath:
                 dport == 0
                 or dport == 67
                 or dst in self._slow_addrs
-                or (len(dst) == 4 and (dst[0] >= 224 or dst == b"\xff\xff\xff\xff"))
-                or (len(dst) == 16 and dst[0] == 0xFF)
+                or (_special_dst(dst) and dst not in self._fwd)
             ):
                 self._slow(b)
                 return

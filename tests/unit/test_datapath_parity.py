@@ -574,6 +574,37 @@ def test_udp_slow_destinations_and_unknown_flows():
         assert twin.py.dp.stats()["dp.slow_frames"] == len(frames_in)
 
 
+def test_udp_special_destinations_go_to_netstack():
+    """Addresses netstack's policy maps, refuses or never forwards as they are
+    (host loopback, unspecified, multicast) never leave through the fast path:
+    a guest must not reach 127.0.0.1 around --disable-host-loopback."""
+    twin, port = udp_twin()
+    with twin:
+        frames_in = [
+            guest_udp(b"loopback", dst=bytes([127, 0, 0, 1]), dport=port),
+            guest_udp(b"loopback net", dst=bytes([127, 9, 8, 7]), dport=port),
+            guest_udp(b"this host", dst=bytes(4), dport=port),
+        ]
+        items, frames = twin.guest(*frames_in)
+        assert [i.data for i in items] == frames_in and frames == []
+        assert server_recv(twin, port) == []
+
+
+@pytest.mark.parametrize(
+    "dst",
+    [
+        "::1", "::", "::127.0.0.1", "::ffff:127.0.0.1", "fe80::1", "fd00::5", "fd00::3", "ff02::1",
+    ],
+)  # fmt: skip
+def test_udp_special_v6_destinations_go_to_netstack(dst):
+    twin = Twin()
+    with twin:
+        twin.add_udp(8, v6=True)
+        frame = guest_udp(b"x", src=GUEST6, dst=socket.inet_pton(socket.AF_INET6, dst), dport=9999)
+        items, frames = twin.guest(frame)
+        assert [i.data for i in items] == [frame] and frames == []
+
+
 def test_udp_too_big_and_uso():
     twin, port = udp_twin(mtu=1500)
     with twin:
