@@ -12,8 +12,10 @@ ready to write to the TAP.
 
 Ingress drops, each counted: ``vnet.*``/``eth.*`` from the wire modules,
 ``eth.not_for_us`` (unicast to a MAC that is not the gateway's or DNS's),
-``eth.unknown_ethertype``, ``ipv6.disabled`` (an IPv6 frame without
-``--enable-ipv6``).
+``eth.bad_source`` (a group or all-zero source MAC: IEEE 802 source
+addresses are individual ones, and learning such a MAC as the guest's would
+send its unicast traffic to a group address), ``eth.unknown_ethertype``,
+``ipv6.disabled`` (an IPv6 frame without ``--enable-ipv6``).
 
 IPv6 (``StackConfig.enable_ipv6``) adds the EtherType 0x86DD entry: the
 IPv6 layer (netstack/ipv6.py) with its own protocol table — ICMPv6
@@ -54,6 +56,7 @@ from .wire import ipv6 as wire_ipv6
 from .wire import tcp as wire_tcp
 from .wire.checksum import checksum, pseudo_sum_v4, pseudo_sum_v6
 
+_ZERO_MAC = bytes(6)
 _UNREACH_CODE = {Unreachable.NET: icmpv4.UNREACH_NET, Unreachable.HOST: icmpv4.UNREACH_HOST}
 _UNREACH_CODE_V6 = {Unreachable.NET: icmpv6.UNREACH_NO_ROUTE, Unreachable.HOST: icmpv6.UNREACH_ADDRESS}
 _TCP_EVENTS = (
@@ -163,6 +166,9 @@ class Stack:
         dst0 = eth.buf[0]
         if not dst0 & 1 and eth.dst not in self._our_macs:
             counters.bump("eth.not_for_us")
+            return
+        if eth.buf[6] & 1 or eth.src == _ZERO_MAC:
+            counters.bump("eth.bad_source")
             return
         handler = self._ethertypes.get(eth.ethertype)
         if handler is None:

@@ -99,6 +99,20 @@ def test_our_macs_broadcast_and_multicast_are_taken(dst_mac):
     assert reply.pkt[Ether].src == GW_MAC  # the gateway answers with its own MAC
 
 
+@pytest.mark.parametrize("src_mac", [BROADCAST_MAC, "01:00:5e:00:00:01", "33:33:00:00:00:01", "00:00:00:00:00:00"])
+def test_a_group_or_zero_source_mac_is_dropped_and_not_learned(src_mac):
+    # IEEE 802: a source address is always an individual one.  Learning a
+    # group MAC for the guest's address would send its unicast traffic to
+    # broadcast, which the guest's TCP discards.
+    g = Guest()
+    pkt = Ether(dst=GW_MAC, src=src_mac) / IP(src=GUEST, dst=GW) / ICMP()
+    g.send(pkt).dropped("eth.bad_source")
+    # The guest's address was not learned: a frame toward it needs ARP first.
+    x = g.call(g.stack.udp_forward_from_host, packed(GUEST), 5000, packed("192.0.2.9"), 7, b"x")
+    arp = x.only_frame()
+    assert arp.pkt[ARP].op == 1 and arp.pkt[ARP].pdst == GUEST
+
+
 # -- IPv4 -------------------------------------------------------------------------------
 
 
