@@ -166,3 +166,55 @@ def test_relearning_with_a_new_mac_makes_an_entry_young_again():
     n.learn(b"\xff\0\0\0", b"\x02" * 6)  # one over the bound: the oldest (address 1) goes
     assert n.lookup(b"\0\0\0\0") == b"\x04" * 6
     assert n.lookup(b"\0\0\0\1") is None
+
+
+# -- an address that does not answer at once ---------------------------------------------
+
+
+def test_a_forward_to_a_guest_that_missed_the_first_request_is_asked_again():
+    # The port forward's SYN arrives before the guest's interface is up: the
+    # first ARP request is lost.  Each retransmission asks again, so the
+    # connection completes once the guest answers, as with slirp4netns.
+    g = Guest()
+    first = g.call(g.stack.tcp_open_to_guest, packed(GUEST), 80, packed("127.0.0.1"), 5555, 1 << 20)
+    assert first.only_frame().pkt[ARP].pdst == GUEST
+    retry = g.run_until(g.stack.next_deadline())  # the SYN's retransmission timer
+    assert retry.counters.get("tcp.retransmits") == 1
+    assert [f.pkt[ARP].pdst for f in retry.frames] == [GUEST]
+    answer = Ether(dst=GW_MAC, src=GUEST_MAC) / ARP(op=2, hwsrc=GUEST_MAC, psrc=GUEST, hwdst=GW_MAC, pdst=GW)
+    syns = g.send(answer).only_frames()
+    assert [str(f.pkt[TCP].flags) for f in syns] == ["S", "S"] and syns[-1].pkt[TCP].sport == 5555
+
+
+def test_a_full_queue_keeps_the_newest_frames_and_keeps_asking():
+    g = Guest()
+    for i in range(MAX_PENDING + 5):
+        x = _forward_udp(g, b"%d" % i)
+        assert [f.pkt[ARP].pdst for f in x.frames] == [GUEST]  # asked each time
+    assert g.stack.counters["neighbors.pending_overflow"] == 5
+    answer = Ether(dst=GW_MAC, src=GUEST_MAC) / ARP(op=2, hwsrc=GUEST_MAC, psrc=GUEST, hwdst=GW_MAC, pdst=GW)
+    sent = g.send(answer).only_frames()
+    assert [bytes(f.pkt[UDP].payload) for f in sent] == [b"%d" % i for i in range(5, MAX_PENDING + 5)]
+
+
+def test_too_many_unresolved_addresses_forget_the_one_waiting_longest():
+    g = Guest()
+    addrs = [f"10.0.2.{i}" for i in range(100, 100 + MAX_PENDING_ADDRS + 1)]
+    for addr in addrs:
+        assert _forward_udp(g, addr.encode(), guest=addr).only_frame().pkt[ARP].pdst == addr
+    assert g.stack.counters["neighbors.pending_overflow"] == 1
+    # The newest can still be resolved; the oldest was forgotten.
+    for addr, expected in ((addrs[-1], [addrs[-1].encode()]), (addrs[0], [])):
+        mac = "52:54:00:00:00:01"
+        answer = Ether(dst=GW_MAC, src=mac) / ARP(op=2, hwsrc=mac, psrc=addr, hwdst=GW_MAC, pdst=GW)
+        assert [bytes(f.pkt[UDP].payload) for f in g.send(answer).frames] == expected
+
+
+def test_park_asks_for_a_solicitation_every_time_and_keeps_the_newest():
+    n = Neighbors(Counters())
+    addr = b"\x0a\0\2\x64"
+    assert all([n.park(addr, lambda mac, i=i: (mac, i)) for i in range(MAX_PENDING + 1)])
+    assert n.counters["neighbors.pending_overflow"] == 1
+    builds = n.learn(addr, b"\x02" * 6)
+    assert [build(b"\x02" * 6) for build in builds] == [(b"\x02" * 6, i) for i in range(1, MAX_PENDING + 1)]
+    assert n.learn(addr, b"\x02" * 6) == []
