@@ -326,6 +326,13 @@ class Guest:
         x.nothing()
 
 
+def icmp_quote(frame: Frame) -> bytes:
+    """The datagram an ICMP error quotes, as raw bytes (scapy reads a quote
+    longer than 128 bytes as RFC 4884 extensions)."""
+    ip = frame.pkt[IP]
+    return frame.raw[14 + ip.ihl * 4 + 8 :]
+
+
 def dhcp_options(pkt) -> dict:
     """DHCP options of a scapy packet as a dict (name → value)."""
     out = {}
