@@ -113,7 +113,9 @@ class UdpLayer:
             stack.counters.bump("udp.port_zero")
             return
         session = self.flows.lookup(FlowKey(self.link, PROTO_UDP, src, sport, dst, dport))
-        if session is not None:  # a reply within a port-forward session
+        # A reply within a port-forward session (a DNS forwarder flow has a key
+        # of the same shape, guest port → resolver:53, but is not one).
+        if session is not None and isinstance(session.endpoint, UdpForwardFlow):
             self.flows.touch(session, now)
             stack.emit(act.ReplyUdp(session.id, bytes(view.payload)))
             return

@@ -241,3 +241,17 @@ def test_forward_sessions_idle_out():
     assert g.run_until(UDP_IDLE_TIMEOUT_S).only_actions() == [CloseUdp(session)]
     # Without the session, the guest's datagram to the gateway is ordinary NAT.
     assert [type(a) for a in g.send(g.udp(GW, 4444, b"x", sport=5353)).actions] == [OpenUdp, SendUdp]
+
+
+def test_a_direct_query_to_a_resolver_is_not_taken_for_a_forward_session_reply():
+    # musl's resolver sends to every nameserver from one socket: to 10.0.2.3
+    # and, when the container's resolv.conf also lists the host's resolver,
+    # to that one directly.  The forwarder's flow toward that resolver has the
+    # same 5-tuple as the direct query, but it is not a port-forward session.
+    g = Guest()
+    query = b"\x12\x34" + bytes(10)
+    g.send(g.udp(DNS, 53, query, sport=5000, mac=DNS_MAC)).only_actions(OpenUdp, SendUdp)
+    opened, sent = g.send(g.udp(RESOLVER1, 53, query, sport=5000)).only_actions(OpenUdp, SendUdp)
+    assert (sent.addr, sent.port, sent.data) == (packed(RESOLVER1), 53, query)
+    answer = g.event(ev.UdpReceived(sent.flow, packed(RESOLVER1), 53, query)).only_frame()
+    assert (answer.pkt[IP].src, answer.pkt[UDP].dport) == (RESOLVER1, 5000)
