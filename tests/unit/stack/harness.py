@@ -302,7 +302,9 @@ class Guest:
         return self._collect(before, result)
 
     def run_until(self, t: float) -> Exchange:
-        """Advance the clock to ``t``, polling at every deadline on the way (in order)."""
+        """Advance the clock to ``t``, polling at every deadline on the way, in
+        order, and only then (as the event loop does: its timer is armed at
+        next_deadline())."""
         before = self.stack.counters.snapshot()
         while True:
             deadline = self.stack.next_deadline()
@@ -311,7 +313,6 @@ class Guest:
             self.now = max(self.now, deadline)
             self.stack.poll(self.now)
         self.now = max(self.now, t)
-        self.stack.poll(self.now)
         return self._collect(before)
 
     def advance(self, dt: float) -> Exchange:
