@@ -72,16 +72,15 @@ class DnsForwarder:
         self.resolvers: list[bytes] = []
         self._pending: OrderedDict[tuple, _Query] = OrderedDict()
         self._failed_until: dict[bytes, float] = {}
-        self._now = 0.0
 
     def set_resolvers(self, resolvers: list[bytes]) -> None:
         self.resolvers = list(resolvers)
         self._failed_until.clear()
 
-    def resolver_for_tcp(self) -> bytes | None:
-        """The upstream for a TCP query: the first that has not failed lately."""
+    def resolver_for_tcp(self, now: float) -> bytes | None:
+        """The upstream for a TCP query at ``now``: the first that has not failed lately."""
         for resolver in self.resolvers:
-            if self._failed_until.get(resolver, 0.0) <= self._now:
+            if self._failed_until.get(resolver, 0.0) <= now:
                 return resolver
         return self.resolvers[0] if self.resolvers else None
 
@@ -92,7 +91,6 @@ class DnsForwarder:
 
     def query_from_guest(self, guest_addr: bytes, guest_port: int, dns_addr: bytes, data: bytes, now: float):
         counters = self.stack.counters
-        self._now = now
         if len(data) < MIN_DNS_LEN:
             counters.bump("dns.short_query")
             return
@@ -163,7 +161,6 @@ class DnsForwarder:
         """The resolver of ``flow`` refused (e.g. nothing listens): fail over
         every query of that guest port that was waiting on it."""
         endpoint = flow.endpoint
-        self._now = now
         self._penalize(endpoint.resolver, now)
         for key, query in list(self._pending.items()):
             if (query.guest_addr, query.guest_port) != (endpoint.guest_addr, endpoint.guest_port):
@@ -184,7 +181,6 @@ class DnsForwarder:
     # -- timers ---------------------------------------------------------------
 
     def poll(self, now: float) -> None:
-        self._now = now
         for key, query in list(self._pending.items()):
             if query.deadline <= now:
                 self._next(key, query, now)

@@ -105,6 +105,7 @@ class Stack:
         self.neighbors = Neighbors(self.counters)
         self._frames: list = []
         self._actions: list = []
+        self._now = 0.0  # the time of the guest segment being handled
         self._our_macs = frozenset((self.plan.gateway_mac, self.plan.dns_mac))
         self.flows = FlowTable()
         self.policy = Policy(self.plan, config.disable_host_loopback, config.disable_dns)
@@ -213,6 +214,7 @@ class Stack:
             if checksum(payload, seed) != 0:
                 self.counters.bump("tcp.bad_checksum")
                 return
+        self._now = now  # for _tcp_route: the TCP layer asks its policy without a clock
         self.tcp.segment_from_guest(now, 0, ip.src, ip.dst, view, ip.buf)
         self._drain_tcp()
 
@@ -225,7 +227,7 @@ class Stack:
         if route.kind is REFUSE:
             return Refusal.HOST_UNREACHABLE if route.icmp_code == UNREACH_ADDRESS_V6 else Refusal.NET_UNREACHABLE
         if route.kind is DNS:
-            resolver = self.dns.resolver_for_tcp() if self.dns is not None else None
+            resolver = self.dns.resolver_for_tcp(self._now) if self.dns is not None else None
             return (resolver, 53) if resolver is not None else Refusal.RESET
         return route.addr, route.port
 

@@ -238,3 +238,16 @@ def test_tcp_with_dns_disabled_goes_to_the_real_address():
     g = Guest(disable_dns=True)
     opened = syn(g).only_action(OpenTcp)
     assert (opened.addr, opened.port) == (packed(DNS), 53)
+
+
+def test_a_penalty_ends_on_time_even_when_nothing_polled_since():
+    # The event loop polls only at deadlines: after the last DNS flow idled
+    # out nothing moves the forwarder's clock, and TCP's choice must still
+    # see that R1's penalty is over.
+    g = Guest(resolvers=(RESOLVER1, RESOLVER2))
+    first_query(g, query())
+    sent = g.run_until(DNS_TRY_TIMEOUT_S).actions[-1]
+    g.event(ev.UdpReceived(sent.flow, R2, 53, query())).only_frame()
+    g.run_until(DNS_TRY_TIMEOUT_S + RESOLVER_PENALTY_S + 60)
+    assert g.stack.next_deadline() is None
+    assert syn(g).only_action(OpenTcp).addr == R1
