@@ -3,9 +3,10 @@
 Dispatch of a guest datagram, after the length and checksum checks of
 netstack/wire/udp.py:
 
-1. IPv4 destination port 67 → the DHCP server (netstack/dhcp.py); IPv6
-   destination port 547 at ff02::1:2 or one of the stack's own addresses →
-   the DHCPv6 server (netstack/dhcpv6.py);
+1. IPv4 destination port 67 of the gateway or of 255.255.255.255 → the DHCP
+   server (netstack/dhcp.py), as libslirp's udp_input (port 67 elsewhere is
+   ordinary NAT); IPv6 destination port 547 at ff02::1:2 or one of the
+   stack's own addresses → the DHCPv6 server (netstack/dhcpv6.py);
 2. the destination policy (netstack/policy.py): DNS → the forwarder
    (netstack/dns.py); REFUSE → ICMP net unreachable; FORWARD → NAT.
 
@@ -48,6 +49,7 @@ from .wire.checksum import checksum, pseudo_sum_v4, pseudo_sum_v6
 
 UDP_IDLE_TIMEOUT_S = 240.0
 DHCP_SERVER_PORT = 67
+BROADCAST = b"\xff\xff\xff\xff"
 DHCPV6_SERVER_PORT = 547
 ALL_DHCP_AGENTS = b"\xff\x02" + bytes(11) + b"\x01\x00\x02"  # ff02::1:2
 
@@ -101,7 +103,7 @@ class UdpLayer:
             return
         dport = view.dst_port
         if len(dst) == 4:
-            if dport == DHCP_SERVER_PORT and self.dhcp is not None:
+            if dport == DHCP_SERVER_PORT and self.dhcp is not None and (dst == stack.plan.gateway or dst == BROADCAST):
                 self.dhcp.from_guest(ip, view, now)
                 return
         elif dport == DHCPV6_SERVER_PORT and self.dhcpv6 is not None:

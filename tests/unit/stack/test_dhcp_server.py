@@ -222,3 +222,15 @@ def test_reply_reaches_a_guest_whose_mac_is_unknown_without_arp():
     g = Guest()
     x = g.send(dhcp("discover"))
     assert len(x.frames) == 1 and x.frames[0].pkt.haslayer(BOOTP)
+
+
+def test_only_the_gateway_and_broadcast_port_67_are_ours():
+    # As libslirp's udp_input: DHCP to another server (a relay, a test
+    # server on the host's network) is ordinary NAT, not answered by us.
+    from netstack.actions import OpenUdp, SendUdp
+
+    g = Guest()
+    pkt = dhcp("discover", src="10.0.2.100", dst="192.0.2.67")
+    sent = g.send(pkt).only_actions(OpenUdp, SendUdp)[1]
+    assert (sent.addr, sent.port, sent.data) == (bytes([192, 0, 2, 67]), 67, bytes(pkt[BOOTP]))
+    reply_of(g.send(dhcp("discover", src="10.0.2.100", dst=GW)), "offer")
