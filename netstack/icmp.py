@@ -70,7 +70,11 @@ class IcmpLayer:
 
     def unreachable_quote(self, src: bytes, dst: bytes, code: int, quote: bytes) -> None:
         """Destination unreachable from ``src`` to the guest at ``dst`` quoting
-        ``quote`` (an IP header and 8 bytes, reconstructed by the caller)."""
+        ``quote`` (the guest's datagram, or its IP header and 8 bytes
+        reconstructed by the caller), under the same "never about" rules."""
+        if not icmpv4.may_send_error(ipv4.Ipv4View.check_quoted(memoryview(quote))):
+            self.stack.counters.bump("icmpv4.error_suppressed")
+            return
         err = icmpv4.IcmpError.dest_unreachable(code, quote)
         body = bytearray(err.buffer_len)
         err.emit(body)

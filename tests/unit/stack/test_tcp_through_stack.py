@@ -232,3 +232,20 @@ def test_dns_flows_answer_with_the_dns_mac():
     _, x = syn_to(g, dst=DNS, dport=53)
     f = g.event(ev.TcpConnected(x.only_action(OpenTcp).flow, 1 << 16)).only_frame()
     assert (f.pkt.src, f.pkt[IP].src) == (DNS_MAC, DNS)
+
+
+def test_no_icmp_about_a_syn_to_the_broadcast_address():
+    # RFC 1122 §3.2.2, as for UDP: no error about a datagram sent to a
+    # broadcast or multicast address (it would come from that address).
+    g = Guest(disable_host_loopback=True)
+    _, x = syn_to(g, dst="255.255.255.255")
+    x.nothing()
+    assert x.counters == {"tcp.syn_refused_policy": 1, "icmpv4.error_suppressed": 1}
+
+
+def test_no_icmp_about_a_syn_to_a_multicast_address():
+    g = Guest()
+    _, x = syn_to(g, dst="224.0.0.9")  # not refused by policy: the host connect fails
+    x = g.event(ev.TcpConnectFailed(x.only_action(OpenTcp).flow, errno.ENETUNREACH))
+    assert [f for f in x.frames if ICMP in f.pkt] == []
+    assert x.counters.get("icmpv4.error_suppressed") == 1
