@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import ICMP, IP, TCP, UDP, in4_chksum
+from scapy.layers.inet6 import IPv6, in6_chksum
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import checksum
 
@@ -46,6 +47,7 @@ F_NEEDS_CSUM = 1
 F_DATA_VALID = 2
 GSO_NONE = 0
 GSO_TCPV4 = 1
+GSO_TCPV6 = 4
 
 GUEST_MAC = "52:54:00:12:34:56"
 OTHER_MAC = "52:54:00:ab:cd:ef"
@@ -146,6 +148,11 @@ def finish_checksum(frame: bytearray, csum_start: int, csum_offset: int) -> None
 
 def verify_checksums(pkt: Ether) -> None:
     """scapy checks every checksum it knows of this frame."""
+    if IPv6 in pkt:
+        ip6 = pkt[IPv6]
+        if ip6.nh in (6, 17):
+            assert in6_chksum(ip6.nh, ip6, bytes(ip6.payload)) == 0, "checksum over IPv6"
+        return
     if IP not in pkt:
         return
     ip = pkt[IP]
@@ -173,15 +180,18 @@ def decode(buf) -> Frame:
     else:
         assert vnet == Vnet(0, 0, 0, 0, 0, 0), vnet  # complete checksums, no GSO
     pkt = Ether(bytes(frame))
+    # The TAP trims writes longer than the IP total length and drops shorter ones.
     if IP in pkt:
-        # The TAP trims writes longer than the IP total length and drops shorter ones.
         assert pkt[IP].len == len(frame) - 14, (pkt[IP].len, len(frame))
+    elif IPv6 in pkt:
+        assert pkt[IPv6].plen == len(frame) - 14 - 40, (pkt[IPv6].plen, len(frame))
     verify_checksums(pkt)
     if vnet.gso_type != GSO_NONE:
-        assert vnet.gso_type == GSO_TCPV4 and TCP in pkt, vnet
+        assert TCP in pkt and vnet.gso_type == (GSO_TCPV4 if IP in pkt else GSO_TCPV6), vnet
         tcp = pkt[TCP]
         assert vnet.gso_size > 0
-        assert vnet.hdr_len == 14 + pkt[IP].ihl * 4 + tcp.dataofs * 4, vnet
+        l3_len = pkt[IP].ihl * 4 if IP in pkt else 40
+        assert vnet.hdr_len == 14 + l3_len + tcp.dataofs * 4, vnet
         assert len(tcp.payload) > vnet.gso_size, "a GSO frame is longer than one segment"
     return Frame(vnet, pkt, bytes(frame))
 
