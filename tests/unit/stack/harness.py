@@ -85,7 +85,9 @@ def _pseudo_sum(src: str, dst: str, proto: int, length: int) -> int:
     return s
 
 
-def encode(pkt, *, offload: bool = False, seed: int | None = None, gso_size: int = 0, flags: int | None = None) -> bytes:
+def encode(
+    pkt, *, offload: bool = False, seed: int | None = None, gso_size: int = 0, flags: int | None = None
+) -> bytes:
     """The bytes a guest kernel writes to the TAP for scapy packet ``pkt``."""
     frame = bytearray(bytes(pkt))
     if not offload:

@@ -144,7 +144,9 @@ def test_malformed_ipv4_header(patch, counter):
     g.send_raw(bytes(raw)).dropped(counter)
 
 
-@pytest.mark.parametrize("src", ["127.0.0.1", "127.1.2.3", "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1"])
+@pytest.mark.parametrize(
+    "src", ["127.0.0.1", "127.1.2.3", "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1"]
+)
 def test_martian_sources(src):
     g = Guest()
     g.send(g.ip4(REMOTE, src=src) / UDP(sport=1, dport=2)).dropped("ipv4.bad_source")

@@ -251,3 +251,24 @@ def test_a_penalty_ends_on_time_even_when_nothing_polled_since():
     g.run_until(DNS_TRY_TIMEOUT_S + RESOLVER_PENALTY_S + 60)
     assert g.stack.next_deadline() is None
     assert syn(g).only_action(OpenTcp).addr == R1
+
+
+def test_an_error_leaves_other_guest_ports_alone():
+    g = Guest(resolvers=(RESOLVER1, RESOLVER2))
+    a = first_query(g, query(1), sport=5000)
+    first_query(g, query(2), sport=5001)  # another port, also waiting on R1
+    x = g.event(ev.UdpFailed(a.flow, errno.ECONNREFUSED, R1, 53))
+    assert [(s.addr, s.data[:2]) for s in x.actions if isinstance(s, SendUdp)] == [(R2, b"\0\1")]
+
+
+def test_a_full_udp_table_makes_room_for_a_dns_flow():
+    from netstack.nat import DEFAULT_LIMITS, PROTO_UDP
+
+    g = Guest()
+    raw = bytearray(encode(g.udp("192.0.2.80", 9, b"x", sport=1), offload=True))
+    for sport in range(1, DEFAULT_LIMITS[PROTO_UDP] + 1):
+        struct.pack_into("!H", raw, 10 + 14 + 20, sport)
+        g.send_raw(bytes(raw))
+    x = ask(g, query(), sport=60000)
+    close, opened, sent = x.only_actions(CloseUdp, OpenUdp, SendUdp)
+    assert sent.addr == R1 and close.flow != sent.flow

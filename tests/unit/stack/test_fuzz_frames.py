@@ -70,7 +70,7 @@ def _corpus() -> list[bytes]:
         eth / IP(src=GUEST, dst=REMOTE) / ICMP(type=3, code=3) / bytes(IP(src=REMOTE, dst=GUEST) / UDP()),
         eth / IP(src=GUEST, dst=REMOTE) / UDP(sport=4000, dport=9) / b"nat",
         eth / IP(src=GUEST, dst=GW) / UDP(sport=4000, dport=9) / b"loopback",
-        Ether(src=GUEST_MAC, dst=DNS_MAC) / IP(src=GUEST, dst=DNS) / UDP(sport=4000, dport=53) / (b"\x12\x34" + bytes(20)),
+        Ether(src=GUEST_MAC, dst=DNS_MAC) / IP(src=GUEST, dst=DNS) / UDP(sport=4000, dport=53) / bytes(22),
         dhcp,
         eth / IP(src=GUEST, dst=REMOTE) / TCP(sport=4000, dport=80, flags="S", options=[("MSS", 1460), ("WScale", 7)]),
         eth / IP(src=GUEST, dst=REMOTE) / TCP(sport=4000, dport=80, flags="A", seq=1, ack=2) / b"data",
@@ -157,7 +157,8 @@ def mutated(draw):
 @st.composite
 def shaped(draw):
     """Random bytes behind a plausible vnet + Ethernet header (so they get past the MAC filter)."""
-    vnet = draw(st.sampled_from([bytes(10), b"\x01" + bytes(9), b"\x02" + bytes(9)]) | st.binary(min_size=10, max_size=10))
+    flags = st.sampled_from([bytes(10), b"\x01" + bytes(9), b"\x02" + bytes(9)])
+    vnet = draw(flags | st.binary(min_size=10, max_size=10))
     dst = draw(st.sampled_from([GW_MAC, DNS_MAC, BROADCAST_MAC, "01:00:5e:00:00:01", "52:54:00:00:00:09"]))
     src = draw(st.sampled_from([GUEST_MAC, "01:00:00:00:00:01", "00:00:00:00:00:00"]))
     ethertype = draw(st.sampled_from([0x0800, 0x0806, 0x86DD]) | st.integers(0, 0xFFFF))

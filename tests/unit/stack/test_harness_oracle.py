@@ -23,9 +23,8 @@ from .harness import (
 
 
 def _offloaded_udp(seed_delta=0):
-    frame = bytearray(
-        udp_frame(bytes.fromhex("525400123456"), bytes.fromhex("52550a000202"), packed(GW), packed(GUEST), 53, 40000, b"abc")
-    )
+    macs = bytes.fromhex("525400123456"), bytes.fromhex("52550a000202")
+    frame = bytearray(udp_frame(*macs, packed(GW), packed(GUEST), 53, 40000, b"abc"))
     struct.pack_into("!H", frame, 10 + 34 + 6, (struct.unpack_from("!H", frame, 10 + 34 + 6)[0] + seed_delta) & 0xFFFF)
     return frame
 

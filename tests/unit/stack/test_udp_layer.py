@@ -255,3 +255,17 @@ def test_a_direct_query_to_a_resolver_is_not_taken_for_a_forward_session_reply()
     assert (sent.addr, sent.port, sent.data) == (packed(RESOLVER1), 53, query)
     answer = g.event(ev.UdpReceived(sent.flow, packed(RESOLVER1), 53, query)).only_frame()
     assert (answer.pkt[IP].src, answer.pkt[UDP].dport) == (RESOLVER1, 5000)
+
+
+def test_a_full_table_makes_room_for_a_forward_session():
+    g = Guest()
+    g.hello()
+    raw, udp_off = _template(g)
+    first = None
+    for sport in range(1, DEFAULT_LIMITS[PROTO_UDP] + 1):
+        struct.pack_into("!H", raw, udp_off, sport)
+        flow = g.send_raw(bytes(raw)).actions[-1].flow
+        first = first or flow
+    x = _forward(g, b"in")
+    assert x.actions == [CloseUdp(first)] and x.result not in (None, first)
+    assert len(x.frames) == 1 and bytes(x.frames[0].pkt[UDP].payload) == b"in"
