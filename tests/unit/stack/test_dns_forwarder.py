@@ -147,6 +147,7 @@ def test_an_ipv6_resolver_serves_an_ipv4_guest():
 
 
 def test_dns_flows_idle_out_quickly():
+    assert DNS_IDLE_TIMEOUT_S == 10  # compat spec §4.2: ~10 s after a reply
     g = Guest()
     sent = first_query(g, query())
     g.event(ev.UdpReceived(sent.flow, R1, 53, query()))
