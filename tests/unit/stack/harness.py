@@ -152,7 +152,7 @@ def verify_checksums(pkt: Ether) -> None:
     """scapy checks every checksum it knows of this frame."""
     if IPv6 in pkt:
         ip6 = pkt[IPv6]
-        if ip6.nh in (6, 17):
+        if ip6.nh in (6, 17, 58):
             assert in6_chksum(ip6.nh, ip6, bytes(ip6.payload)) == 0, "checksum over IPv6"
         return
     if IP not in pkt:

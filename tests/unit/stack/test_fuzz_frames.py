@@ -5,9 +5,10 @@ whatever does come out is a well-formed frame whose checksums scapy accepts.
 
 "Rejected" is decided independently of netstack: a frame with no output and
 no counter is only fine if scapy sees one of the few things that are
-accepted silently (an ARP reply, which only teaches the guest's MAC; an IPv4
-fragment, held for reassembly; a DHCP RELEASE or DECLINE, which need no
-answer).
+accepted silently (an ARP reply or a neighbour advertisement, which only
+teach the guest's MAC; an IPv4 or IPv6 fragment, held for reassembly; a
+DHCP RELEASE or DECLINE, which need no answer).  Stacks with and without
+``--enable-ipv6`` are tried.
 """
 
 import struct
@@ -15,6 +16,16 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import fragment
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+    IPv6ExtHdrFragment,
+    fragment6,
+)
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.inet import IP, UDP
 from scapy.layers.dhcp import DHCP
@@ -78,8 +89,21 @@ def _corpus() -> list[bytes]:
     ]
     frags = fragment(IP(src=GUEST, dst=GW, id=99) / ICMP(id=2, seq=2) / (b"f" * 100), fragsize=48)
     pkts += [eth / frags[0], eth / frags[-1]]
+    me6, all_nodes = "fd00::5054:ff:fe12:3456", Ether(src=GUEST_MAC, dst="33:33:00:00:00:01")
+    pkts += [
+        Ether(src=GUEST_MAC, dst="33:33:ff:00:00:02")
+        / IPv6(src=me6, dst="ff02::1:ff00:2", hlim=255)
+        / ICMPv6ND_NS(tgt="fd00::2")
+        / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC),
+        all_nodes / IPv6(src=me6, dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=me6) / ICMPv6NDOptDstLLAddr(lladdr=GUEST_MAC),
+        eth / IPv6(src=me6, dst="fd00::2") / ICMPv6EchoRequest(id=1, seq=1, data=b"ping6"),
+        eth / IPv6(src=me6, dst="2001:db8::1") / UDP(sport=4000, dport=9) / b"nat6",
+        eth / IPv6(src=me6, dst="2001:db8::1") / TCP(sport=4000, dport=80, flags="S"),
+    ]
+    big6 = IPv6(src=me6, dst="fd00::2") / IPv6ExtHdrFragment(id=5) / ICMPv6EchoRequest(data=b"x" * 200)
+    pkts += [eth / f for f in fragment6(big6, 120)]
     out = [encode(p) for p in pkts]
-    out += [encode(p, offload=True) for p in pkts if TCP in p or (UDP in p and IP in p and not p[IP].flags.MF)]
+    out += [encode(p, offload=True) for p in pkts if IP in p and (TCP in p or UDP in p) and not p[IP].flags.MF]
     return out
 
 
@@ -94,11 +118,16 @@ def _silently_accepted(raw: bytes) -> bool:
         return True
     if IP in pkt and (pkt[IP].flags.MF or pkt[IP].frag):
         return True
+    if IPv6ExtHdrFragment in pkt or ICMPv6ND_NA in pkt:
+        return True
     if DHCP in pkt:
         for opt in pkt[DHCP].options:
             if isinstance(opt, tuple) and opt[0] == "message-type" and opt[1] in (4, 7):
                 return True
     return False
+
+
+CONFIGS = [{}, {"enable_ipv6": True}, {"disable_host_loopback": True, "disable_dns": True}, {"ping_relay": False}]
 
 
 def _check_one(raw: bytes, **config) -> None:
@@ -168,6 +197,8 @@ def shaped(draw):
     if ethertype == 0x0800 and draw(st.booleans()):
         raw[24:25] = b"\x45"  # more of them past the version check...
         _fix_ipv4_checksum(raw)  # ...and the header checksum
+    elif ethertype == 0x86DD and len(raw) > 24:
+        raw[24] = 0x60 | raw[24] & 15  # past the version check
     return bytes(raw)
 
 
@@ -223,19 +254,19 @@ def test_arbitrary_bytes(raw):
 
 
 @SETTINGS
-@given(shaped())
-def test_random_bodies_behind_plausible_headers(raw):
-    _check_one(raw)
+@given(shaped(), st.booleans())
+def test_random_bodies_behind_plausible_headers(raw, ipv6):
+    _check_one(raw, enable_ipv6=ipv6)
 
 
 @SETTINGS
-@given(crafted(), st.sampled_from([{}, {"disable_host_loopback": True, "disable_dns": True}, {"ping_relay": False}]))
+@given(crafted(), st.sampled_from(CONFIGS))
 def test_odd_but_well_formed_frames(raw, config):
     _check_one(raw, **config)
 
 
 @SETTINGS
-@given(mutated(), st.sampled_from([{}, {"disable_host_loopback": True, "disable_dns": True}, {"ping_relay": False}]))
+@given(mutated(), st.sampled_from(CONFIGS))
 def test_mutated_valid_frames(raw, config):
     _check_one(raw, **config)
 
@@ -245,7 +276,7 @@ def test_mutated_valid_frames(raw, config):
 def test_sequences_with_host_events_and_time_never_raise(steps):
     # One stack through many frames, the edge answering every action and the
     # clock moving: nothing raises and every frame out is well formed.
-    g = Guest(mtu=576)
+    g = Guest(mtu=1280, enable_ipv6=True)
     for raw, dt, answer in steps:
         x = g.send_raw(raw)
         if answer:
