@@ -74,11 +74,10 @@ def test_unknown_ethertype(ethertype):
 
 
 def test_ipv6_while_ipv6_is_off_is_one_counted_drop():
-    from scapy.layers.inet6 import IPv6, UDP as UDP6
+    from scapy.layers.inet6 import IPv6
 
-    x = Guest().send(Ether(dst="33:33:00:00:00:01", src=GUEST_MAC) / IPv6(src="fd00::64", dst="ff02::1") / UDP6())
-    x.nothing()
-    assert sum(x.counters.values()) == 1, x.counters
+    pkt = Ether(dst="33:33:00:00:00:01", src=GUEST_MAC) / IPv6(src="fd00::64", dst="ff02::1") / UDP()
+    Guest().send(pkt).dropped("ipv6.disabled")
 
 
 @pytest.mark.parametrize("dst", [OTHER_MAC, "00:00:00:00:00:00", "52:55:0a:00:02:04"])
@@ -111,6 +110,14 @@ def test_a_group_or_zero_source_mac_is_dropped_and_not_learned(src_mac):
     x = g.call(g.stack.udp_forward_from_host, packed(GUEST), 5000, packed("192.0.2.9"), 7, b"x")
     arp = x.only_frame()
     assert arp.pkt[ARP].op == 1 and arp.pkt[ARP].pdst == GUEST
+
+
+def test_a_group_source_mac_is_dropped_before_ipv6_too():
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    g = Guest(enable_ipv6=True)
+    pkt = Ether(dst=GW_MAC, src=BROADCAST_MAC) / IPv6(src="fd00::64", dst="fd00::2") / ICMPv6EchoRequest()
+    g.send(pkt).dropped("eth.bad_source")
 
 
 # -- IPv4 -------------------------------------------------------------------------------
