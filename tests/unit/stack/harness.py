@@ -32,6 +32,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+# The scapy layers the tests use are imported from here too (BOOTP, ICMP...).
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import ICMP, IP, TCP, UDP, in4_chksum
 from scapy.layers.inet6 import IPv6, in6_chksum
