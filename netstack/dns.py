@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from . import actions as act
-from .nat import PROTO_UDP, FlowKey, FlowState, FlowTable, FlowTableFull
+from .nat import PROTO_UDP, FlowKey, FlowTable
 
 DNS_PORT = 53
 DNS_TRY_TIMEOUT_S = 2.0
@@ -119,31 +119,17 @@ class DnsForwarder:
             self.stack.emit(act.SendUdp(flow.id, resolver, DNS_PORT, query.data))
 
     def _flow_for(self, guest_addr: bytes, guest_port: int, resolver: bytes, now: float):
-        flows = self.flows
         key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, resolver, DNS_PORT)
-        flow = flows.lookup(key)
-        if flow is not None:
-            flows.touch(flow, now)
-            return flow
-        if flows.is_full(PROTO_UDP):
-            victim = flows.evict_lru(PROTO_UDP)
-            if victim is not None:
-                self.stack.emit(act.CloseUdp(victim.id))
-        try:
-            flow = flows.insert(
-                key,
-                now,
-                host_addr=resolver,
-                host_port=DNS_PORT,
-                endpoint=DnsUpstreamFlow(guest_addr, guest_port, resolver),
-                idle_timeout=DNS_IDLE_TIMEOUT_S,
-                evictable=True,
-            )
-        except FlowTableFull:
+        flow, created, victim = self.flows.open_idle_flow(
+            key, now, idle_timeout=DNS_IDLE_TIMEOUT_S, endpoint=DnsUpstreamFlow(guest_addr, guest_port, resolver),
+            host_addr=resolver, host_port=DNS_PORT,
+        )  # fmt: skip
+        if victim is not None:
+            self.stack.emit(act.CloseUdp(victim.id))
+        if flow is None:
             self.stack.counters.bump("dns.table_full")
-            return None
-        flows.set_state(flow, FlowState.ESTABLISHED)
-        self.stack.emit(act.OpenUdp(flow.id, resolver))
+        elif created:
+            self.stack.emit(act.OpenUdp(flow.id, resolver))
         return flow
 
     # -- answers and failures -------------------------------------------------

@@ -17,7 +17,7 @@ and errors from the guest: nothing of ours asked for them).
 from __future__ import annotations
 
 from . import actions as act
-from .nat import PROTO_ICMP, PROTO_ICMPV6, FlowKey, FlowState, FlowTable, FlowTableFull
+from .nat import PROTO_ICMP, PROTO_ICMPV6, FlowKey, FlowTable
 from .wire import Malformed, icmpv4, icmpv6, ipv4
 
 OWN_ECHO_TTL = 255
@@ -139,28 +139,16 @@ class EchoNat:
         flows = self.flows
         proto = PROTO_ICMP if len(dst) == 4 else PROTO_ICMPV6
         key = FlowKey(self.link, proto, guest, ident, dst, 0)
-        flow = flows.lookup(key)
+        flow, created, victim = flows.open_idle_flow(
+            key, now, idle_timeout=ECHO_IDLE_TIMEOUT_S, endpoint=EchoNatFlow(guest, ident, dst), host_addr=host
+        )
+        if victim is not None:
+            self.stack.emit(act.ClosePing(victim.id))
         if flow is None:
-            if flows.is_full(proto):
-                victim = flows.evict_lru(proto)
-                if victim is not None:
-                    self.stack.emit(act.ClosePing(victim.id))
-            try:
-                flow = flows.insert(
-                    key,
-                    now,
-                    host_addr=host,
-                    endpoint=EchoNatFlow(guest, ident, dst),
-                    idle_timeout=ECHO_IDLE_TIMEOUT_S,
-                    evictable=True,
-                )
-            except FlowTableFull:
-                self.stack.counters.bump("icmpv4.table_full" if proto == PROTO_ICMP else "icmpv6.table_full")
-                return
-            flows.set_state(flow, FlowState.ESTABLISHED)
+            self.stack.counters.bump("icmpv4.table_full" if proto == PROTO_ICMP else "icmpv6.table_full")
+            return
+        if created:
             self.stack.emit(act.OpenPing(flow.id, host))
-        else:
-            flows.touch(flow, now)
         self.stack.emit(act.SendPing(flow.id, flow.host_addr, seq, data))
 
     def replied(self, flow_id: int, addr: bytes, seq: int, payload: bytes, now: float) -> None:

@@ -332,9 +332,6 @@ class Stack:
 
     # -- timers ---------------------------------------------------------------
 
-    def add_timer(self, timer) -> None:
-        self._timers.append(timer)
-
     def poll(self, now: float) -> None:
         for timer in self._timers:
             timer.poll(now)

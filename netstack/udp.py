@@ -41,7 +41,7 @@ import struct
 
 from . import actions as act
 from .frames import udp_frame
-from .nat import PROTO_UDP, FlowKey, FlowState, FlowTable, FlowTableFull
+from .nat import PROTO_UDP, FlowKey, FlowTable
 from .policy import DNS, REFUSE, Policy
 from .wire import Malformed, icmpv4, icmpv6
 from .wire import udp as wire_udp
@@ -129,10 +129,7 @@ class UdpLayer:
             stack.counters.bump("udp.refused")
             stack.unreachable(ip, route.icmp_code)
             return
-        if route.kind is DNS:
-            if self.dns is None:
-                stack.counters.bump("udp.dns_disabled")
-                return
+        if route.kind is DNS:  # the policy routes to DNS only when the forwarder exists
             self.dns.query_from_guest(src, sport, dst, bytes(view.payload), now)
             return
         flow = self._flow_for(src, sport, now)
@@ -141,31 +138,19 @@ class UdpLayer:
         stack.emit(act.SendUdp(flow.id, route.addr, route.port, bytes(view.payload)))
 
     def _flow_for(self, guest_addr: bytes, guest_port: int, now: float):
-        flows = self.flows
         key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, b"", 0)
-        flow = flows.lookup(key)
-        if flow is not None:
-            flows.touch(flow, now)
-            return flow
-        if flows.is_full(PROTO_UDP):
-            self._evict_one()
-        try:
-            flow = flows.insert(
-                key,
-                now,
-                endpoint=UdpNatFlow(guest_addr, guest_port),
-                idle_timeout=UDP_IDLE_TIMEOUT_S,
-                evictable=True,
-            )
-        except FlowTableFull:
+        flow, created, victim = self.flows.open_idle_flow(
+            key, now, idle_timeout=UDP_IDLE_TIMEOUT_S, endpoint=UdpNatFlow(guest_addr, guest_port)
+        )
+        self._release(victim)
+        if flow is None:
             self.stack.counters.bump("udp.table_full")
-            return None
-        flows.set_state(flow, FlowState.ESTABLISHED)
-        self.stack.emit(act.OpenUdp(flow.id, guest_addr))
+        elif created:
+            self.stack.emit(act.OpenUdp(flow.id, guest_addr))
         return flow
 
-    def _evict_one(self) -> None:
-        victim = self.flows.evict_lru(PROTO_UDP)
+    def _release(self, victim) -> None:
+        """Close the host side of a flow evicted to make room."""
         if victim is not None:
             self.stack.counters.bump("udp.evicted")
             self.stack.emit(act.CloseUdp(victim.id))
@@ -176,23 +161,14 @@ class UdpLayer:
         """A datagram arrived on a UDP port forward from the host peer that the
         guest sees as ``src``:``sport``.  Returns the session flow id (the edge
         keeps the way back under it), or None if the table is full."""
-        flows = self.flows
         key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, src, sport)
-        flow = flows.lookup(key)
+        flow, _, victim = self.flows.open_idle_flow(
+            key, now, idle_timeout=UDP_IDLE_TIMEOUT_S, endpoint=UdpForwardFlow(guest_addr, guest_port)
+        )
+        self._release(victim)
         if flow is None:
-            if flows.is_full(PROTO_UDP):
-                self._evict_one()
-            try:
-                flow = flows.insert(
-                    key, now, endpoint=UdpForwardFlow(guest_addr, guest_port),
-                    idle_timeout=UDP_IDLE_TIMEOUT_S, evictable=True,
-                )  # fmt: skip
-            except FlowTableFull:
-                self.stack.counters.bump("udp.table_full")
-                return None
-            flows.set_state(flow, FlowState.ESTABLISHED)
-        else:
-            flows.touch(flow, now)
+            self.stack.counters.bump("udp.table_full")
+            return None
         self.send_to_guest(src, sport, guest_addr, guest_port, data)
         return flow.id
 
