@@ -33,4 +33,139 @@ uint32_t sn_pseudo_sum_v6(const uint8_t *src16, const uint8_t *dst16,
 uint16_t sn_csum_update16(uint16_t csum, uint16_t old_word, uint16_t new_word);
 uint16_t sn_csum_update32(uint16_t csum, uint32_t old_word, uint32_t new_word);
 
+/*
+ * Datapath (native/datapath.c): established TCP and UDP flows moved in C.
+ * The contract is the docstring of slirp/datapath/__init__.py; the pure-Python
+ * twin is slirp/datapath/python.py.  Python installs flows and gets results
+ * back as compact records in a buffer it owns; C never calls back.
+ *
+ * Records: each is a struct sn_dp_rec followed by `len` bytes, the next one
+ * starting at the following multiple of 8.  Kinds:
+ *   SN_DP_FRAME         a guest frame (vnet header included) for netstack
+ *   SN_DP_EJECTED       struct sn_dp_ejected; the caller then reads the
+ *                       send_len unacknowledged bytes from fd (the flow is gone)
+ *   SN_DP_UDP_DATAGRAM  struct sn_dp_udp_datagram, then the datagram
+ *   SN_DP_UDP_ERROR     nothing
+ * The record calls return the bytes of records written, or -errno (only
+ * when no record was written).  `out` must hold SN_DP_OUT_MIN bytes.
+ */
+enum {
+    SN_DP_TAP_READ_BUDGET = 256,
+    SN_DP_INFLIGHT_MAX = 1048576,
+    SN_DP_MAX_RTO_RETRIES = 8,
+    SN_DP_HOST_EVENTS_MAX = 64,
+    SN_DP_UDP_RECV_BUDGET = 64,
+    SN_DP_UDP_BIG_MAX = 64,
+    SN_DP_OUT_MIN = 24 * 1048576,
+};
+
+enum sn_dp_rec_kind {
+    SN_DP_FRAME = 1,
+    SN_DP_EJECTED = 2,
+    SN_DP_UDP_DATAGRAM = 3,
+    SN_DP_UDP_ERROR = 4,
+};
+
+/* Ejection reasons, in the order of slirp.datapath.EJECT_REASONS. */
+enum sn_dp_reason {
+    SN_DP_R_SEGMENT = 0,
+    SN_DP_R_HOST_EOF = 1,
+    SN_DP_R_HOST_ERROR = 2,
+    SN_DP_R_TIMEOUT = 3,
+    SN_DP_R_ZERO_WINDOW = 4,
+    SN_DP_R_REQUESTED = 5,
+};
+
+/* Counters, in the order of slirp.datapath.STAT_NAMES (sn_dp_stat_name). */
+enum sn_dp_stat {
+    SN_DP_S_TAP_FRAMES, SN_DP_S_TAP_READ_ERRORS, SN_DP_S_SLOW_FRAMES,
+    SN_DP_S_MALFORMED, SN_DP_S_BAD_CHECKSUM, SN_DP_S_PAWS, SN_DP_S_ACK_UNSENT,
+    SN_DP_S_DUPLICATE, SN_DP_S_OUT_OF_ORDER, SN_DP_S_FAST_RETRANSMITS,
+    SN_DP_S_RTO_EXPIRIES, SN_DP_S_ACKS, SN_DP_S_TCP_TO_HOST_BYTES,
+    SN_DP_S_TCP_TO_GUEST_BYTES, SN_DP_S_TCP_FRAMES_TO_GUEST,
+    SN_DP_S_HOST_SHORT_WRITES, SN_DP_S_UDP_TO_HOST, SN_DP_S_UDP_TO_GUEST,
+    SN_DP_S_UDP_TOO_BIG, SN_DP_S_UDP_SEND_EAGAIN, SN_DP_S_UDP_SEND_ERRORS,
+    SN_DP_S_TAP_WRITE_EAGAIN, SN_DP_S_TAP_WRITE_ERRORS,
+    SN_DP_S_EJECTED_SEGMENT, SN_DP_S_EJECTED_HOST_EOF,
+    SN_DP_S_EJECTED_HOST_ERROR, SN_DP_S_EJECTED_TIMEOUT,
+    SN_DP_S_EJECTED_ZERO_WINDOW, SN_DP_S_EJECTED_REQUESTED,
+    SN_DP_S_COUNT
+};
+
+/* netstack.tcp.Tcb, field for field (sequence numbers mod 2**32). */
+struct sn_tcb {
+    uint32_t iss, irs, snd_una, snd_nxt, snd_max, snd_wnd, snd_wl1, snd_wl2;
+    uint32_t max_snd_wnd, snd_wscale, rcv_nxt, rcv_adv, rcv_wscale, mss;
+    uint32_t ts_ok, ts_recent, ts_offset, pad;
+    int64_t cwnd, ssthresh, host_space;
+    double ts_recent_at, srtt, rttvar, rto;
+};
+
+struct sn_tcp_flow {
+    uint64_t flow;
+    int32_t fd;
+    uint32_t addr_len;          /* 4 or 16 */
+    uint8_t guest_addr[16];
+    uint8_t remote_addr[16];    /* as the guest sees it */
+    uint16_t guest_port, remote_port;
+    uint8_t guest_mac[6], our_mac[6];
+    uint32_t rcv_buf_max;
+    double now;
+    struct sn_tcb tcb;
+};
+
+struct sn_udp_flow {
+    uint64_t flow;
+    int32_t fd;
+    uint32_t addr_len;
+    uint8_t guest_addr[16];
+    uint16_t guest_port;
+    uint8_t guest_mac[6], our_mac[6];
+};
+
+struct sn_dp_rec {
+    uint32_t kind;
+    uint32_t len;               /* bytes after this header */
+    uint64_t flow;
+};
+
+struct sn_dp_ejected {
+    struct sn_tcb tcb;
+    int32_t reason;             /* enum sn_dp_reason */
+    int32_t err;                /* errno for SN_DP_R_HOST_ERROR */
+    int32_t fd;
+    uint32_t send_len;          /* snd_max - snd_una */
+};
+
+struct sn_dp_udp_datagram {
+    uint8_t addr[16];           /* host source, as the socket reported it */
+    uint32_t addr_len;
+    uint32_t port;
+};
+
+struct sn_dp;
+
+/* peek_offset: 1 = use SO_PEEK_OFF where the socket takes it, 0 = never. */
+struct sn_dp *sn_dp_new(int tap_fd, int mtu, uint32_t max_flows, int peek_offset);
+void sn_dp_free(struct sn_dp *dp);
+int sn_dp_fileno(const struct sn_dp *dp);
+/* which: 0 forward map (a -> b), 1 reverse map (a -> b), 2 slow address (a). */
+int sn_dp_add_addr(struct sn_dp *dp, int which, const uint8_t *a, uint32_t alen,
+                   const uint8_t *b, uint32_t blen);
+/* 0, -EEXIST (id, key or fd installed, or data in flight: -EINVAL),
+ * -ENOSPC (table full), or another -errno from epoll_ctl. */
+int sn_dp_install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *spec);
+int sn_dp_install_udp(struct sn_dp *dp, const struct sn_udp_flow *spec);
+long sn_dp_eject_tcp(struct sn_dp *dp, uint64_t flow, double now, uint8_t *out, size_t cap);
+int sn_dp_remove_udp(struct sn_dp *dp, uint64_t flow);
+int sn_dp_owns(const struct sn_dp *dp, uint64_t flow);
+long sn_dp_tap_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap);
+long sn_dp_host_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap);
+long sn_dp_timers(struct sn_dp *dp, double now, uint8_t *out, size_t cap);
+/* The earliest timer, or a negative value when none is armed. */
+double sn_dp_next_deadline(const struct sn_dp *dp);
+size_t sn_dp_take_activity(struct sn_dp *dp, uint64_t *out, size_t max);
+void sn_dp_stats(const struct sn_dp *dp, uint64_t *out);
+const char *sn_dp_stat_name(int i);
+
 #endif

@@ -9,7 +9,10 @@
 | router link-local (RA source)| —                   | fe80::2           |
 | MAC of gateway / DNS         | 52:55 + IPv4 bytes  | same              |
 
-(compat spec §2).  Addresses are kept as packed bytes (4 or 16) like
+(compat spec §2).  The IPv6 addresses share the MACs of their IPv4
+counterparts: fd00::2 and fe80::2 answer neighbour solicitations with the
+gateway's MAC, fd00::3 with the DNS address's, so a frame from any of the
+stack's addresses carries the same MAC whatever the family.  Addresses are kept as packed bytes (4 or 16) like
 everywhere in netstack; ``ipaddress`` objects are only used to build the plan.
 """
 
@@ -75,9 +78,9 @@ class AddressPlan:
         return len(addr) == 4 and ipaddress.IPv4Address(addr) in self.network
 
     def mac_of(self, addr: bytes) -> bytes | None:
-        """The MAC the stack answers ARP with for ``addr``, or None if not ours."""
-        if addr == self.gateway:
+        """The MAC the stack answers ARP (or NDP) with for ``addr``, or None if not ours."""
+        if addr == self.gateway or addr == IPV6_GATEWAY or addr == IPV6_ROUTER_LINK_LOCAL:
             return self.gateway_mac
-        if addr == self.dns:
+        if addr == self.dns or addr == IPV6_DNS:
             return self.dns_mac
         return None

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from . import actions as act
-from .nat import PROTO_UDP, FlowKey, FlowState, FlowTable, FlowTableFull
+from .nat import PROTO_UDP, FlowKey, FlowTable
 
 DNS_PORT = 53
 DNS_TRY_TIMEOUT_S = 2.0
@@ -72,16 +72,15 @@ class DnsForwarder:
         self.resolvers: list[bytes] = []
         self._pending: OrderedDict[tuple, _Query] = OrderedDict()
         self._failed_until: dict[bytes, float] = {}
-        self._now = 0.0
 
     def set_resolvers(self, resolvers: list[bytes]) -> None:
         self.resolvers = list(resolvers)
         self._failed_until.clear()
 
-    def resolver_for_tcp(self) -> bytes | None:
-        """The upstream for a TCP query: the first that has not failed lately."""
+    def resolver_for_tcp(self, now: float) -> bytes | None:
+        """The upstream for a TCP query at ``now``: the first that has not failed lately."""
         for resolver in self.resolvers:
-            if self._failed_until.get(resolver, 0.0) <= self._now:
+            if self._failed_until.get(resolver, 0.0) <= now:
                 return resolver
         return self.resolvers[0] if self.resolvers else None
 
@@ -92,7 +91,6 @@ class DnsForwarder:
 
     def query_from_guest(self, guest_addr: bytes, guest_port: int, dns_addr: bytes, data: bytes, now: float):
         counters = self.stack.counters
-        self._now = now
         if len(data) < MIN_DNS_LEN:
             counters.bump("dns.short_query")
             return
@@ -121,31 +119,17 @@ class DnsForwarder:
             self.stack.emit(act.SendUdp(flow.id, resolver, DNS_PORT, query.data))
 
     def _flow_for(self, guest_addr: bytes, guest_port: int, resolver: bytes, now: float):
-        flows = self.flows
         key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, resolver, DNS_PORT)
-        flow = flows.lookup(key)
-        if flow is not None:
-            flows.touch(flow, now)
-            return flow
-        if flows.is_full(PROTO_UDP):
-            victim = flows.evict_lru(PROTO_UDP)
-            if victim is not None:
-                self.stack.emit(act.CloseUdp(victim.id))
-        try:
-            flow = flows.insert(
-                key,
-                now,
-                host_addr=resolver,
-                host_port=DNS_PORT,
-                endpoint=DnsUpstreamFlow(guest_addr, guest_port, resolver),
-                idle_timeout=DNS_IDLE_TIMEOUT_S,
-                evictable=True,
-            )
-        except FlowTableFull:
+        flow, created, victim = self.flows.open_idle_flow(
+            key, now, idle_timeout=DNS_IDLE_TIMEOUT_S, endpoint=DnsUpstreamFlow(guest_addr, guest_port, resolver),
+            host_addr=resolver, host_port=DNS_PORT,
+        )  # fmt: skip
+        if victim is not None:
+            self.stack.emit(act.CloseUdp(victim.id))
+        if flow is None:
             self.stack.counters.bump("dns.table_full")
-            return None
-        flows.set_state(flow, FlowState.ESTABLISHED)
-        self.stack.emit(act.OpenUdp(flow.id, resolver))
+        elif created:
+            self.stack.emit(act.OpenUdp(flow.id, resolver))
         return flow
 
     # -- answers and failures -------------------------------------------------
@@ -163,7 +147,6 @@ class DnsForwarder:
         """The resolver of ``flow`` refused (e.g. nothing listens): fail over
         every query of that guest port that was waiting on it."""
         endpoint = flow.endpoint
-        self._now = now
         self._penalize(endpoint.resolver, now)
         for key, query in list(self._pending.items()):
             if (query.guest_addr, query.guest_port) != (endpoint.guest_addr, endpoint.guest_port):
@@ -184,7 +167,6 @@ class DnsForwarder:
     # -- timers ---------------------------------------------------------------
 
     def poll(self, now: float) -> None:
-        self._now = now
         for key, query in list(self._pending.items()):
             if query.deadline <= now:
                 self._next(key, query, now)

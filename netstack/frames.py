@@ -40,12 +40,22 @@ _U16 = struct.Struct("!H")
 _UDP = struct.Struct("!HHHH")
 
 _ipv4_ident = 0
+_ipv6_ident = 0
+_FRAG6 = struct.Struct("!BBHI")
+NH_FRAGMENT = 44
+FRAGMENT_HEADER_LEN = 8
 
 
 def _next_ident() -> int:
     global _ipv4_ident
     _ipv4_ident = (_ipv4_ident + 1) & 0xFFFF
     return _ipv4_ident
+
+
+def _next_ident6() -> int:
+    global _ipv6_ident
+    _ipv6_ident = (_ipv6_ident + 1) & 0xFFFFFFFF
+    return _ipv6_ident
 
 
 def ethernet_frame(dst_mac: bytes, src_mac: bytes, ethertype: int, body_len: int) -> bytearray:
@@ -108,6 +118,32 @@ def ipv4_fragments(
         _IPV4.pack_into(buf, L3_OFFSET, 0x45, 0, IPV4_LEN + len(part), ident, frag, ttl, proto, 0, src, dst)
         _U16.pack_into(buf, L3_OFFSET + 10, _ipv4_header_checksum(buf))
         buf[L3_OFFSET + IPV4_LEN :] = part
+        frames.append(buf)
+    return frames
+
+
+def ipv6_fragments(
+    dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, proto: int, body: bytes, mtu: int, hop_limit: int = 64
+) -> list[bytearray]:
+    """``body`` as IPv6 fragments of at most ``mtu`` bytes each (RFC 8200 §4.5).
+
+    Each fragment is the fixed header, a Fragment header (Next Header
+    ``proto``, the offset in 8-byte units, M set on all but the last, one
+    identification per datagram) and a piece of ``body`` that is a multiple
+    of 8 bytes except in the last fragment.  The source fragments datagrams
+    toward the guest that exceed the link MTU (UDP, ICMPv6 echo replies);
+    TCP never needs this: its segments are GSO frames."""
+    chunk = (mtu - IPV6_LEN - FRAGMENT_HEADER_LEN) & ~7
+    ident = _next_ident6()
+    frames = []
+    for start in range(0, len(body), chunk):
+        part = body[start : start + chunk]
+        more = start + chunk < len(body)
+        plen = FRAGMENT_HEADER_LEN + len(part)
+        buf = ethernet_frame(dst_mac, src_mac, ethernet.ETHERTYPE_IPV6, IPV6_LEN + plen)
+        _IPV6.pack_into(buf, L3_OFFSET, 0x60000000, plen, NH_FRAGMENT, hop_limit, src, dst)
+        _FRAG6.pack_into(buf, L3_OFFSET + IPV6_LEN, proto, 0, start | int(more), ident)
+        buf[L3_OFFSET + IPV6_LEN + FRAGMENT_HEADER_LEN :] = part
         frames.append(buf)
     return frames
 

@@ -17,8 +17,8 @@ and errors from the guest: nothing of ours asked for them).
 from __future__ import annotations
 
 from . import actions as act
-from .nat import PROTO_ICMP, FlowKey, FlowState, FlowTable, FlowTableFull
-from .wire import Malformed, icmpv4, ipv4
+from .nat import PROTO_ICMP, PROTO_ICMPV6, FlowKey, FlowTable
+from .wire import Malformed, icmpv4, icmpv6, ipv4
 
 OWN_ECHO_TTL = 255
 ECHO_IDLE_TIMEOUT_S = 60.0
@@ -70,7 +70,11 @@ class IcmpLayer:
 
     def unreachable_quote(self, src: bytes, dst: bytes, code: int, quote: bytes) -> None:
         """Destination unreachable from ``src`` to the guest at ``dst`` quoting
-        ``quote`` (an IP header and 8 bytes, reconstructed by the caller)."""
+        ``quote`` (the guest's datagram, or its IP header and 8 bytes
+        reconstructed by the caller), under the same "never about" rules."""
+        if not icmpv4.may_send_error(ipv4.Ipv4View.check_quoted(memoryview(quote))):
+            self.stack.counters.bump("icmpv4.error_suppressed")
+            return
         err = icmpv4.IcmpError.dest_unreachable(code, quote)
         body = bytearray(err.buffer_len)
         err.emit(body)
@@ -94,20 +98,25 @@ class EchoNatFlow:
     def __init__(self, guest_addr: bytes, ident: int, remote: bytes):
         self.guest_addr = guest_addr
         self.ident = ident
-        self.remote = remote
+        self.remote = remote  # the destination as the guest sees it (replies come from it)
 
 
 class EchoNat:
     """Echo requests to outside addresses, relayed through host ICMP sockets.
 
-    One flow — one unprivileged ICMP datagram socket on the host — per guest
-    (address, echo identifier, destination).  The host kernel picks its own
-    identifier; replies are matched by flow and carry the guest's identifier
-    and the sequence number back.  Idle flows expire after
-    ECHO_IDLE_TIMEOUT_S.  When the host forbids ICMP sockets
-    (``net.ipv4.ping_group_range``) the edge says so once at start and the
-    stack is built with the relay off: requests are dropped and counted
-    (``icmpv4.no_handler``) — never answered with fake replies.
+    One flow — one unprivileged ICMP (IPv4) or ICMPv6 (IPv6) datagram
+    socket on the host — per guest (address, echo identifier, destination).
+    The host kernel picks its own identifier; replies are matched by flow
+    and carry the guest's identifier and the sequence number back.  Idle
+    flows expire after ECHO_IDLE_TIMEOUT_S.  The family's layer (IcmpLayer
+    here, netstack/icmpv6.py for IPv6) decides which destinations are
+    relayed and where to (``host``: an IPv6 destination in fd00::/64 is the
+    host's ::1, as for TCP and UDP); replies are shown as coming from the
+    destination the guest pinged.  When the host forbids ICMP sockets
+    (``net.ipv4.ping_group_range``, which governs ICMPv6 ping sockets too)
+    the edge says so once at start and the stack is built with the relay off
+    for that family: requests are dropped and counted (``icmpv4.no_handler``,
+    ``icmpv6.no_handler``) — never answered with fake replies.
     """
 
     __slots__ = ("stack", "flows", "link")
@@ -118,51 +127,53 @@ class EchoNat:
         self.link = link
 
     def relay(self, ip: ipv4.Ipv4View, echo: icmpv4.IcmpEcho, now: float) -> None:
+        """An IPv4 echo request from the guest to an outside address."""
         dst = ip.dst
-        if dst[0] >= 224 or dst[0] == 0:
+        if dst[0] >= 224 or dst[0] == 0 or dst[0] == 127:
             self.stack.counters.bump("icmpv4.echo_not_unicast")
             return
+        self.relay_echo(ip.src, echo.ident, dst, dst, echo.seq, echo.data, now)
+
+    def relay_echo(self, guest: bytes, ident: int, dst: bytes, host: bytes, seq: int, data: bytes, now: float) -> None:
+        """Send the guest's echo (``guest`` → ``dst``) from the host to ``host``."""
         flows = self.flows
-        key = FlowKey(self.link, PROTO_ICMP, ip.src, echo.ident, dst, 0)
-        flow = flows.lookup(key)
+        proto = PROTO_ICMP if len(dst) == 4 else PROTO_ICMPV6
+        key = FlowKey(self.link, proto, guest, ident, dst, 0)
+        flow, created, victim = flows.open_idle_flow(
+            key, now, idle_timeout=ECHO_IDLE_TIMEOUT_S, endpoint=EchoNatFlow(guest, ident, dst), host_addr=host
+        )
+        if victim is not None:
+            self.stack.emit(act.ClosePing(victim.id))
         if flow is None:
-            if flows.is_full(PROTO_ICMP):
-                victim = flows.evict_lru(PROTO_ICMP)
-                if victim is not None:
-                    self.stack.emit(act.ClosePing(victim.id))
-            try:
-                flow = flows.insert(
-                    key,
-                    now,
-                    host_addr=dst,
-                    endpoint=EchoNatFlow(ip.src, echo.ident, dst),
-                    idle_timeout=ECHO_IDLE_TIMEOUT_S,
-                    evictable=True,
-                )
-            except FlowTableFull:
-                self.stack.counters.bump("icmpv4.table_full")
-                return
-            flows.set_state(flow, FlowState.ESTABLISHED)
-            self.stack.emit(act.OpenPing(flow.id, dst))
-        else:
-            flows.touch(flow, now)
-        self.stack.emit(act.SendPing(flow.id, dst, echo.seq, echo.data))
+            self.stack.counters.bump("icmpv4.table_full" if proto == PROTO_ICMP else "icmpv6.table_full")
+            return
+        if created:
+            self.stack.emit(act.OpenPing(flow.id, host))
+        self.stack.emit(act.SendPing(flow.id, flow.host_addr, seq, data))
 
     def replied(self, flow_id: int, addr: bytes, seq: int, payload: bytes, now: float) -> None:
         flow = self.flows.get(flow_id)
         if flow is None:
-            self.stack.counters.bump("icmpv4.no_flow")
+            self.stack.counters.bump("icmpv4.no_flow" if len(addr) == 4 else "icmpv6.no_flow")
             return
         self.flows.touch(flow, now)
         ep = flow.endpoint
-        reply = icmpv4.IcmpEcho(icmpv4.ECHO_REPLY, ep.ident, seq, payload)
-        body = bytearray(reply.buffer_len)
-        reply.emit(body)
-        self.stack.send_ip(ep.remote, ep.guest_addr, ipv4.PROTO_ICMP, bytes(body))
+        if len(ep.remote) == 4:
+            reply = icmpv4.IcmpEcho(icmpv4.ECHO_REPLY, ep.ident, seq, payload)
+            body = bytearray(reply.buffer_len)
+            reply.emit(body)
+            self.stack.send_ip(ep.remote, ep.guest_addr, ipv4.PROTO_ICMP, bytes(body))
+            return
+        reply6 = icmpv6.Icmpv6Echo(icmpv6.ECHO_REPLY, ep.ident, seq, payload)
+        body = bytearray(reply6.buffer_len)
+        reply6.emit(body, 0, ep.remote, ep.guest_addr)
+        self.stack.send_ip(ep.remote, ep.guest_addr, PROTO_ICMPV6, bytes(body))
 
     def poll(self, now: float) -> None:
-        for flow in self.flows.expire(PROTO_ICMP, now):
-            self.stack.emit(act.ClosePing(flow.id))
+        for proto in (PROTO_ICMP, PROTO_ICMPV6):
+            for flow in self.flows.expire(proto, now):
+                self.stack.emit(act.ClosePing(flow.id))
 
     def next_deadline(self) -> float | None:
-        return self.flows.next_deadline(PROTO_ICMP)
+        deadlines = [d for d in (self.flows.next_deadline(p) for p in (PROTO_ICMP, PROTO_ICMPV6)) if d is not None]
+        return min(deadlines) if deadlines else None

@@ -54,11 +54,3 @@ class Ipv4Layer:
             ip = ipv4.Ipv4View.check(memoryview(whole), verify_checksum=False)
             csum_ok = False  # offload flags describe the last fragment, not the datagram
         handler(ip, ip.payload, now, csum_ok)
-
-    def poll(self, now: float) -> None:
-        for expired in self.reassembler.expire(now):
-            if expired.family == 4:
-                self.stack.icmp.time_exceeded_reassembly(expired.first_fragment)
-
-    def next_deadline(self) -> float | None:
-        return self.reassembler.next_deadline()

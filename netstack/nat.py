@@ -290,6 +290,40 @@ class FlowTable:
         self.remove(flow)
         return flow
 
+    def open_idle_flow(
+        self,
+        key: FlowKey,
+        now: float,
+        *,
+        idle_timeout: float,
+        endpoint,
+        host_addr: bytes | None = None,
+        host_port: int | None = None,
+    ) -> tuple[Flow | None, bool, Flow | None]:
+        """The flow of a datagram protocol (UDP, ICMP echo) for ``key``.
+
+        An existing flow is touched and returned.  Otherwise a new one is
+        inserted ESTABLISHED, evictable, with an idle timer — after making
+        room, when the protocol is at its limit, by evicting its least
+        recently active evictable flow (the overflow policy of such flows).
+        Returns ``(flow, created, victim)``: the caller releases the victim's
+        host side and opens the new flow's.  ``flow`` is None only when the
+        table is full of flows that cannot be evicted."""
+        flow = self._by_key.get(key)
+        if flow is not None:
+            self.touch(flow, now)
+            return flow, False, None
+        victim = self.evict_lru(key.proto) if self.is_full(key.proto) else None
+        try:
+            flow = self.insert(
+                key, now, host_addr=host_addr, host_port=host_port, endpoint=endpoint,
+                idle_timeout=idle_timeout, evictable=True,
+            )  # fmt: skip
+        except FlowTableFull:
+            return None, False, victim
+        self.set_state(flow, FlowState.ESTABLISHED)
+        return flow, True, victim
+
     # -- deadlines ------------------------------------------------------------
 
     def set_deadline(self, flow: Flow, when: float | None) -> None:

@@ -7,9 +7,16 @@ warm before we ever need it.  When it isn't (a port forward toward a guest
 that has not spoken yet), the stack asks with ARP / neighbour solicitation and
 parks the frames for that address.
 
+Every frame parked for an unresolved address asks again (the caller sends a
+solicitation), as slirp4netns does for each packet: a first request that
+the guest missed (its interface was not up yet) must not leave the address
+unresolved for good, so the retransmissions of whatever waits ask again.
+
 Bounded: at most MAX_ENTRIES addresses (the oldest learned is forgotten) and
-MAX_PENDING frames per unresolved address, MAX_PENDING_ADDRS addresses
-(overflow: drop and count ``neighbors.pending_overflow``).
+MAX_PENDING frames per unresolved address, MAX_PENDING_ADDRS addresses.
+Overflow keeps the newest: the oldest frame of that address, or every frame
+of the address that has waited longest, is dropped and counted
+(``neighbors.pending_overflow``, once per frame).
 """
 
 from __future__ import annotations
@@ -45,17 +52,18 @@ class Neighbors:
     def park(self, addr: bytes, build) -> bool:
         """Keep ``build`` (mac -> frame) until ``addr`` resolves.
 
-        Returns True if this is the first frame parked for ``addr`` (the caller
-        should then send a solicitation)."""
-        waiting = self._pending.get(addr)
+        Returns True: the caller should send a solicitation (always, see the
+        module doc; the return value keeps the caller's contract)."""
+        pending = self._pending
+        waiting = pending.get(addr)
         if waiting is None:
-            if len(self._pending) >= MAX_PENDING_ADDRS:
-                self.counters.bump("neighbors.pending_overflow")
-                return False
-            self._pending[addr] = [build]
+            if len(pending) >= MAX_PENDING_ADDRS:
+                oldest = next(iter(pending))
+                self.counters.bump("neighbors.pending_overflow", len(pending.pop(oldest)))
+            pending[addr] = [build]
             return True
         if len(waiting) >= MAX_PENDING:
+            del waiting[0]
             self.counters.bump("neighbors.pending_overflow")
-            return False
         waiting.append(build)
-        return False
+        return True

@@ -12,11 +12,22 @@ ready to write to the TAP.
 
 Ingress drops, each counted: ``vnet.*``/``eth.*`` from the wire modules,
 ``eth.not_for_us`` (unicast to a MAC that is not the gateway's or DNS's),
-``eth.unknown_ethertype``.
+``eth.bad_source`` (a group or all-zero source MAC: IEEE 802 source
+addresses are individual ones, and learning such a MAC as the guest's would
+send its unicast traffic to a group address), ``eth.unknown_ethertype``,
+``ipv6.disabled`` (an IPv6 frame without ``--enable-ipv6``).
+
+IPv6 (``StackConfig.enable_ipv6``) adds the EtherType 0x86DD entry: the
+IPv6 layer (netstack/ipv6.py) with its own protocol table — ICMPv6
+(netstack/icmpv6.py, which hands Neighbour Discovery to netstack/ndp.py),
+TCP and UDP, the same TCP and UDP layers as IPv4 — plus the DHCPv6 server
+(netstack/dhcpv6.py).  Everything below the IP layer is family-neutral:
+flows, policy, the DNS forwarder, the neighbour table, frames.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from . import events as ev
@@ -24,22 +35,30 @@ from .addressing import AddressPlan
 from .arp import ArpLayer
 from .counters import Counters
 from .dhcp import DhcpServer
+from .dhcpv6 import Dhcpv6Server
 from .dns import DnsForwarder
 from .fragments import Reassembler
 from .frames import IPV4_LEN as IPV4_HEADER_LEN
-from .frames import ip_frame, ipv4_fragments, tcp_frame
+from .frames import IPV6_LEN as IPV6_HEADER_LEN
+from .frames import ip_frame, ipv4_fragments, ipv6_fragments, tcp_frame
 from .icmp import EchoNat, IcmpLayer
+from .icmpv6 import Icmpv6Layer
 from .ipv4 import Ipv4Layer
+from .ipv6 import Ipv6Layer
 from .nat import FlowTable
+from .ndp import NdpRouter
 from .neighbors import Neighbors
-from .policy import DNS, REFUSE, Policy
+from .policy import DNS, REFUSE, UNREACH_ADDRESS_V6, Policy
 from .tcp import Refusal, TcpConfig, TcpLayer, Unreachable
 from .udp import UdpLayer
-from .wire import Malformed, ethernet, icmpv4, ipv4, vnet
+from .wire import Malformed, ethernet, icmpv4, icmpv6, ipv4, vnet
+from .wire import ipv6 as wire_ipv6
 from .wire import tcp as wire_tcp
 from .wire.checksum import checksum, pseudo_sum_v4, pseudo_sum_v6
 
+_ZERO_MAC = bytes(6)
 _UNREACH_CODE = {Unreachable.NET: icmpv4.UNREACH_NET, Unreachable.HOST: icmpv4.UNREACH_HOST}
+_UNREACH_CODE_V6 = {Unreachable.NET: icmpv6.UNREACH_NO_ROUTE, Unreachable.HOST: icmpv6.UNREACH_ADDRESS}
 _TCP_EVENTS = (
     ev.TcpConnected, ev.TcpConnectFailed, ev.TcpSent, ev.TcpWritable, ev.TcpReceived, ev.TcpHostEof, ev.TcpHostReset,
 )  # fmt: skip
@@ -53,16 +72,40 @@ class StackConfig:
     disable_dns: bool = False
     enable_ipv6: bool = False
     ping_relay: bool = True  # echo to outside addresses through host ICMP sockets
+    ping_relay6: bool = True  # the same for ICMPv6 (IPv6 may be missing on the host)
+
+
+class _ReassemblyTimer:
+    """Expires fragments of both families; Time Exceeded to the guest per family."""
+
+    __slots__ = ("stack",)
+
+    def __init__(self, stack) -> None:
+        self.stack = stack
+
+    def poll(self, now: float) -> None:
+        stack = self.stack
+        for expired in stack.reassembler.expire(now):
+            if expired.family == 4:
+                stack.icmp.time_exceeded_reassembly(expired.first_fragment)
+            elif stack.icmpv6 is not None:
+                stack.icmpv6.time_exceeded_reassembly(expired.first_fragment)
+
+    def next_deadline(self) -> float | None:
+        return self.stack.reassembler.next_deadline()
 
 
 class Stack:
-    def __init__(self, config: StackConfig):
+    def __init__(self, config: StackConfig, rng: random.Random | None = None):
+        """``rng`` drives the randomised timers (router advertisements); tests
+        pass a seeded one."""
         self.config = config
         self.plan = config.plan
         self.counters = Counters()
         self.neighbors = Neighbors(self.counters)
         self._frames: list = []
         self._actions: list = []
+        self._now = 0.0  # the time of the guest segment being handled
         self._our_macs = frozenset((self.plan.gateway_mac, self.plan.dns_mac))
         self.flows = FlowTable()
         self.policy = Policy(self.plan, config.disable_host_loopback, config.disable_dns)
@@ -74,8 +117,8 @@ class Stack:
         self.dns = None if config.disable_dns else DnsForwarder(self, self.flows)
         self.dhcp = DhcpServer(self, self.plan)
         self.udp = UdpLayer(self, self.flows, self.policy, self.dns, self.dhcp)
-        self.echo = EchoNat(self, self.flows) if config.ping_relay else None
-        if self.echo is not None:
+        self.echo = EchoNat(self, self.flows) if (config.ping_relay or config.ping_relay6) else None
+        if self.echo is not None and config.ping_relay:
             self.icmp.echo_relay = self.echo.relay
         self.tcp = TcpLayer(self.counters, table=self.flows, config=TcpConfig(mtu=config.mtu), policy=self._tcp_route)
         self.ipv4.register(ipv4.PROTO_ICMP, self.icmp.from_guest)
@@ -84,9 +127,25 @@ class Stack:
         self._ethertypes = {
             ethernet.ETHERTYPE_ARP: self._arp_from_guest,
             ethernet.ETHERTYPE_IPV4: self._ipv4_from_guest,
+            ethernet.ETHERTYPE_IPV6: self._ipv6_disabled,
         }
+        self.ipv6 = self.ndp = self.icmpv6 = self.dhcpv6 = None
+        if config.enable_ipv6:
+            dns_on = not config.disable_dns
+            self.ndp = NdpRouter(self, rng, dns_enabled=dns_on)
+            self.icmpv6 = Icmpv6Layer(self, self.ndp)
+            if self.echo is not None and config.ping_relay6:
+                self.icmpv6.echo_relay = self.echo.relay_echo
+            self.dhcpv6 = self.udp.dhcpv6 = Dhcpv6Server(self, dns_enabled=dns_on)
+            self.ipv6 = Ipv6Layer(self, self.reassembler)
+            self.ipv6.register(wire_ipv6.NH_ICMPV6, self._icmpv6_from_guest)
+            self.ipv6.register(wire_ipv6.NH_UDP, self.udp.from_guest)
+            self.ipv6.register(wire_ipv6.NH_TCP, self._tcp_from_guest)
+            self._ethertypes[ethernet.ETHERTYPE_IPV6] = self._ipv6_from_guest
         # Objects with poll(now) and next_deadline().
-        self._timers: list = [t for t in (self.ipv4, self.udp, self.dns, self.echo, self.tcp) if t is not None]
+        self._timers: list = [
+            t for t in (_ReassemblyTimer(self), self.udp, self.dns, self.echo, self.tcp, self.ndp) if t is not None
+        ]
         self._events = {
             ev.UdpReceived: lambda e, now: self.udp.received(e.flow, e.addr, e.port, e.data, now),
             ev.UdpFailed: lambda e, now: self.udp.failed(e.flow, e.errno, e.addr, e.port, now),
@@ -109,6 +168,9 @@ class Stack:
         if not dst0 & 1 and eth.dst not in self._our_macs:
             counters.bump("eth.not_for_us")
             return
+        if eth.buf[6] & 1 or eth.src == _ZERO_MAC:
+            counters.bump("eth.bad_source")
+            return
         handler = self._ethertypes.get(eth.ethertype)
         if handler is None:
             counters.bump("eth.unknown_ethertype")
@@ -123,6 +185,16 @@ class Stack:
         # DATA_VALID: already checked.  Either way there is nothing to verify.
         csum_ok = bool(vhdr.flags & (vnet.F_NEEDS_CSUM | vnet.F_DATA_VALID))
         self.ipv4.from_guest(eth, now, csum_ok)
+
+    def _ipv6_from_guest(self, vhdr, eth, now: float) -> None:
+        csum_ok = bool(vhdr.flags & (vnet.F_NEEDS_CSUM | vnet.F_DATA_VALID))
+        self.ipv6.from_guest(eth, now, csum_ok)
+
+    def _ipv6_disabled(self, vhdr, eth, now: float) -> None:
+        self.counters.bump("ipv6.disabled")
+
+    def _icmpv6_from_guest(self, ip, payload, now: float, csum_ok: bool) -> None:
+        self.icmpv6.from_guest(ip, payload, now, csum_ok, self.ipv6.eth_src)
 
     def handle_event(self, event, now: float) -> None:
         """An outcome reported by the edge (netstack/events.py)."""
@@ -142,6 +214,7 @@ class Stack:
             if checksum(payload, seed) != 0:
                 self.counters.bump("tcp.bad_checksum")
                 return
+        self._now = now  # for _tcp_route: the TCP layer asks its policy without a clock
         self.tcp.segment_from_guest(now, 0, ip.src, ip.dst, view, ip.buf)
         self._drain_tcp()
 
@@ -152,9 +225,9 @@ class Stack:
     def _tcp_route(self, dst: bytes, port: int):
         route = self.policy.route(dst, port)
         if route.kind is REFUSE:
-            return Refusal.NET_UNREACHABLE
+            return Refusal.HOST_UNREACHABLE if route.icmp_code == UNREACH_ADDRESS_V6 else Refusal.NET_UNREACHABLE
         if route.kind is DNS:
-            resolver = self.dns.resolver_for_tcp() if self.dns is not None else None
+            resolver = self.dns.resolver_for_tcp(self._now) if self.dns is not None else None
             return (resolver, 53) if resolver is not None else Refusal.RESET
         return route.addr, route.port
 
@@ -162,8 +235,9 @@ class Stack:
         """Port forward: a host connection was accepted; open toward the guest.
 
         ``src`` is the host peer's address; the guest sees the policy's
-        forward_source of it.  Returns the flow id or None."""
-        src = self.policy.forward_source(src)
+        forward_source of it (in the family of ``guest_addr``).  Returns the
+        flow id or None."""
+        src = self.policy.forward_source(src, guest_addr)
         flow = self.tcp.open_to_guest(now, 0, guest_addr, guest_port, src, src_port, send_space)
         self._drain_tcp()
         return flow
@@ -171,7 +245,7 @@ class Stack:
     def udp_forward_from_host(self, guest_addr: bytes, guest_port: int, peer: bytes, peer_port: int, data: bytes, now: float):
         """A datagram from host peer ``peer``:``peer_port`` on a UDP forward to
         the guest's ``guest_addr``:``guest_port``; returns the session flow id."""
-        src = self.policy.forward_source(peer)
+        src = self.policy.forward_source(peer, guest_addr)
         return self.udp.forward_from_host(guest_addr, guest_port, src, peer_port, data, now)
 
     def tcp_resume(self, flow: int, export, now: float) -> None:
@@ -209,7 +283,18 @@ class Stack:
 
     def _tcp_unreachable(self, req) -> None:
         if len(req.src_addr) != 4:
-            self.counters.bump("icmpv6.unreachable_not_sent")
+            if self.icmpv6 is None:
+                self.counters.bump("icmpv6.unreachable_not_sent")
+                return
+            if req.datagram is not None:
+                quote = req.datagram
+            else:
+                header = bytearray(40)
+                header[0], header[6], header[7] = 0x60, 6, 64
+                header[4:6] = len(req.tcp_header).to_bytes(2, "big")
+                header[8:24], header[24:40] = req.src_addr, req.dst_addr
+                quote = bytes(header) + req.tcp_header
+            self.icmpv6.unreachable_quote(req.dst_addr, req.src_addr, _UNREACH_CODE_V6[req.reason], quote)
             return
         code = _UNREACH_CODE[req.reason]
         if req.datagram is not None:
@@ -240,13 +325,12 @@ class Stack:
         """ICMP destination unreachable about the guest's datagram ``ip``."""
         if len(ip.src) == 4:
             self.icmp.unreachable(ip, code)
+        elif self.icmpv6 is not None:
+            self.icmpv6.unreachable(ip, code)
         else:
             self.counters.bump("icmpv6.unreachable_not_sent")
 
     # -- timers ---------------------------------------------------------------
-
-    def add_timer(self, timer) -> None:
-        self._timers.append(timer)
 
     def poll(self, now: float) -> None:
         for timer in self._timers:
@@ -276,10 +360,15 @@ class Stack:
 
     def send_ip(self, src: bytes, dst: bytes, proto: int, body: bytes, ttl: int = 64) -> None:
         """An IP datagram to the guest at ``dst`` whose transport part is ``body``,
-        fragmented to the MTU when it does not fit (IPv4)."""
+        fragmented to the MTU when it does not fit (IPv4 fragments, or IPv6
+        Fragment headers)."""
         mtu = self.config.mtu
-        if len(src) == 4 and IPV4_HEADER_LEN + len(body) > mtu:
-            self.send_built(dst, lambda mac, our_mac: ipv4_fragments(mac, our_mac, src, dst, proto, body, mtu, ttl), src)
+        if len(src) == 4:
+            if IPV4_HEADER_LEN + len(body) > mtu:
+                self.send_built(dst, lambda mac, our: ipv4_fragments(mac, our, src, dst, proto, body, mtu, ttl), src)
+                return
+        elif IPV6_HEADER_LEN + len(body) > mtu:
+            self.send_built(dst, lambda mac, our: ipv6_fragments(mac, our, src, dst, proto, body, mtu, ttl), src)
             return
         self.send_built(dst, lambda mac, our_mac: ip_frame(mac, our_mac, src, dst, proto, body, ttl), src)
 
@@ -290,8 +379,11 @@ class Stack:
         if mac is not None:
             self._queue(build(mac, our_mac))
             return
-        if self.neighbors.park(dst, lambda m: build(m, our_mac)) and len(dst) == 4:
-            self.arp.request(dst)
+        if self.neighbors.park(dst, lambda m: build(m, our_mac)):
+            if len(dst) == 4:
+                self.arp.request(dst)
+            elif self.ndp is not None:
+                self.ndp.solicit(dst)
 
     def take_frames(self) -> list:
         frames, self._frames = self._frames, []

@@ -3,7 +3,10 @@
 Dispatch of a guest datagram, after the length and checksum checks of
 netstack/wire/udp.py:
 
-1. destination port 67 → the DHCP server (netstack/dhcp.py);
+1. IPv4 destination port 67 of the gateway or of 255.255.255.255 → the DHCP
+   server (netstack/dhcp.py), as libslirp's udp_input (port 67 elsewhere is
+   ordinary NAT); IPv6 destination port 547 at ff02::1:2 or one of the
+   stack's own addresses → the DHCPv6 server (netstack/dhcpv6.py);
 2. the destination policy (netstack/policy.py): DNS → the forwarder
    (netstack/dns.py); REFUSE → ICMP net unreachable; FORWARD → NAT.
 
@@ -17,10 +20,14 @@ libslirp); when the table is full the least recently used idle flow is
 evicted (its socket closed).  An ICMP error the host socket reports for a
 datagram (IP_RECVERR) comes back as UdpFailed and is turned into the
 matching ICMP unreachable toward the guest (port unreachable for
-ECONNREFUSED), quoting a reconstruction of the guest's datagram header.
+ECONNREFUSED), quoting a reconstruction of the guest's datagram header.  IPv6 is the same with ICMPv6 (RFC 4443
+§3.1): port unreachable (code 4) for ECONNREFUSED, address unreachable
+(code 3) for EHOSTUNREACH, no route (code 0) otherwise and for refused
+destinations (code 3 for foreign link-local ones).
 
-Datagrams toward the guest larger than the MTU are sent as IPv4 fragments
-with a complete UDP checksum; others use checksum offload.
+Datagrams toward the guest larger than the MTU are sent as IP fragments
+(IPv4, or IPv6 Fragment headers) with a complete UDP checksum; others use
+checksum offload.
 
 Drops: ``udp.*`` from the wire module, ``udp.multicast`` (we do not relay
 multicast), ``udp.port_zero``, ``udp.no_flow`` (an event for a flow that has
@@ -34,17 +41,21 @@ import struct
 
 from . import actions as act
 from .frames import udp_frame
-from .nat import PROTO_UDP, FlowKey, FlowState, FlowTable, FlowTableFull
+from .nat import PROTO_UDP, FlowKey, FlowTable
 from .policy import DNS, REFUSE, Policy
-from .wire import Malformed, icmpv4
+from .wire import Malformed, icmpv4, icmpv6
 from .wire import udp as wire_udp
 from .wire.checksum import checksum, pseudo_sum_v4, pseudo_sum_v6
 
 UDP_IDLE_TIMEOUT_S = 240.0
 DHCP_SERVER_PORT = 67
+BROADCAST = b"\xff\xff\xff\xff"
+DHCPV6_SERVER_PORT = 547
+ALL_DHCP_AGENTS = b"\xff\x02" + bytes(11) + b"\x01\x00\x02"  # ff02::1:2
 
 _UDP = struct.Struct("!HHHH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
 
 
 class UdpNatFlow:
@@ -69,14 +80,15 @@ class UdpForwardFlow:
 
 
 class UdpLayer:
-    __slots__ = ("stack", "flows", "policy", "dns", "dhcp", "link")
+    __slots__ = ("stack", "flows", "policy", "dns", "dhcp", "dhcpv6", "link")
 
-    def __init__(self, stack, flows: FlowTable, policy: Policy, dns=None, dhcp=None, link: int = 0):
+    def __init__(self, stack, flows: FlowTable, policy: Policy, dns=None, dhcp=None, link: int = 0, dhcpv6=None):
         self.stack = stack
         self.flows = flows
         self.policy = policy
         self.dns = dns
         self.dhcp = dhcp
+        self.dhcpv6 = dhcpv6
         self.link = link
 
     # -- from the guest ---------------------------------------------------------
@@ -90,15 +102,22 @@ class UdpLayer:
             stack.counters.bump(err.counter)
             return
         dport = view.dst_port
-        if dport == DHCP_SERVER_PORT and self.dhcp is not None:
-            self.dhcp.from_guest(ip, view, now)
-            return
+        if len(dst) == 4:
+            if dport == DHCP_SERVER_PORT and self.dhcp is not None and (dst == stack.plan.gateway or dst == BROADCAST):
+                self.dhcp.from_guest(ip, view, now)
+                return
+        elif dport == DHCPV6_SERVER_PORT and self.dhcpv6 is not None:
+            if dst == ALL_DHCP_AGENTS or stack.plan.mac_of(dst) is not None:
+                self.dhcpv6.from_guest(ip, view, now)
+                return
         sport = view.src_port
         if sport == 0 or dport == 0:
             stack.counters.bump("udp.port_zero")
             return
         session = self.flows.lookup(FlowKey(self.link, PROTO_UDP, src, sport, dst, dport))
-        if session is not None:  # a reply within a port-forward session
+        # A reply within a port-forward session (a DNS forwarder flow has a key
+        # of the same shape, guest port → resolver:53, but is not one).
+        if session is not None and isinstance(session.endpoint, UdpForwardFlow):
             self.flows.touch(session, now)
             stack.emit(act.ReplyUdp(session.id, bytes(view.payload)))
             return
@@ -110,10 +129,7 @@ class UdpLayer:
             stack.counters.bump("udp.refused")
             stack.unreachable(ip, route.icmp_code)
             return
-        if route.kind is DNS:
-            if self.dns is None:
-                stack.counters.bump("udp.dns_disabled")
-                return
+        if route.kind is DNS:  # the policy routes to DNS only when the forwarder exists
             self.dns.query_from_guest(src, sport, dst, bytes(view.payload), now)
             return
         flow = self._flow_for(src, sport, now)
@@ -122,31 +138,19 @@ class UdpLayer:
         stack.emit(act.SendUdp(flow.id, route.addr, route.port, bytes(view.payload)))
 
     def _flow_for(self, guest_addr: bytes, guest_port: int, now: float):
-        flows = self.flows
         key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, b"", 0)
-        flow = flows.lookup(key)
-        if flow is not None:
-            flows.touch(flow, now)
-            return flow
-        if flows.is_full(PROTO_UDP):
-            self._evict_one()
-        try:
-            flow = flows.insert(
-                key,
-                now,
-                endpoint=UdpNatFlow(guest_addr, guest_port),
-                idle_timeout=UDP_IDLE_TIMEOUT_S,
-                evictable=True,
-            )
-        except FlowTableFull:
+        flow, created, victim = self.flows.open_idle_flow(
+            key, now, idle_timeout=UDP_IDLE_TIMEOUT_S, endpoint=UdpNatFlow(guest_addr, guest_port)
+        )
+        self._release(victim)
+        if flow is None:
             self.stack.counters.bump("udp.table_full")
-            return None
-        flows.set_state(flow, FlowState.ESTABLISHED)
-        self.stack.emit(act.OpenUdp(flow.id, guest_addr))
+        elif created:
+            self.stack.emit(act.OpenUdp(flow.id, guest_addr))
         return flow
 
-    def _evict_one(self) -> None:
-        victim = self.flows.evict_lru(PROTO_UDP)
+    def _release(self, victim) -> None:
+        """Close the host side of a flow evicted to make room."""
         if victim is not None:
             self.stack.counters.bump("udp.evicted")
             self.stack.emit(act.CloseUdp(victim.id))
@@ -157,23 +161,14 @@ class UdpLayer:
         """A datagram arrived on a UDP port forward from the host peer that the
         guest sees as ``src``:``sport``.  Returns the session flow id (the edge
         keeps the way back under it), or None if the table is full."""
-        flows = self.flows
         key = FlowKey(self.link, PROTO_UDP, guest_addr, guest_port, src, sport)
-        flow = flows.lookup(key)
+        flow, _, victim = self.flows.open_idle_flow(
+            key, now, idle_timeout=UDP_IDLE_TIMEOUT_S, endpoint=UdpForwardFlow(guest_addr, guest_port)
+        )
+        self._release(victim)
         if flow is None:
-            if flows.is_full(PROTO_UDP):
-                self._evict_one()
-            try:
-                flow = flows.insert(
-                    key, now, endpoint=UdpForwardFlow(guest_addr, guest_port),
-                    idle_timeout=UDP_IDLE_TIMEOUT_S, evictable=True,
-                )  # fmt: skip
-            except FlowTableFull:
-                self.stack.counters.bump("udp.table_full")
-                return None
-            flows.set_state(flow, FlowState.ESTABLISHED)
-        else:
-            flows.touch(flow, now)
+            self.stack.counters.bump("udp.table_full")
+            return None
         self.send_to_guest(src, sport, guest_addr, guest_port, data)
         return flow.id
 
@@ -200,16 +195,21 @@ class UdpLayer:
         if not isinstance(endpoint, UdpNatFlow):
             self.dns.upstream_failed(flow, err, now)
             return
-        code = {
-            errno.ECONNREFUSED: icmpv4.UNREACH_PORT,
-            errno.EHOSTUNREACH: icmpv4.UNREACH_HOST,
-        }.get(err, icmpv4.UNREACH_NET)
         remote = self.policy.guest_view_of(addr)
         if len(remote) == 4:
+            code = {
+                errno.ECONNREFUSED: icmpv4.UNREACH_PORT,
+                errno.EHOSTUNREACH: icmpv4.UNREACH_HOST,
+            }.get(err, icmpv4.UNREACH_NET)
             quote = _quote_v4(endpoint.guest_addr, remote, endpoint.guest_port, port)
             self.stack.icmp.unreachable_quote(remote, endpoint.guest_addr, code, quote)
-        else:
-            self.stack.counters.bump("udp.failed_v6")
+        elif self.stack.icmpv6 is not None:
+            code = {
+                errno.ECONNREFUSED: icmpv6.UNREACH_PORT,
+                errno.EHOSTUNREACH: icmpv6.UNREACH_ADDRESS,
+            }.get(err, icmpv6.UNREACH_NO_ROUTE)
+            quote = _quote_v6(endpoint.guest_addr, remote, endpoint.guest_port, port)
+            self.stack.icmpv6.unreachable_quote(remote, endpoint.guest_addr, code, quote)
 
     def poll(self, now: float) -> None:
         for flow in self.flows.expire(PROTO_UDP, now):
@@ -244,4 +244,12 @@ def _quote_v4(guest: bytes, remote: bytes, sport: int, dport: int) -> bytes:
     _IPV4.pack_into(header, 0, 0x45, 0, 28, 0, 0, 64, PROTO_UDP, 0, guest, remote)
     struct.pack_into("!H", header, 10, checksum(header[:20]))
     _UDP.pack_into(header, 20, sport, dport, 8, 0)
+    return bytes(header)
+
+
+def _quote_v6(guest: bytes, remote: bytes, sport: int, dport: int) -> bytes:
+    """IPv6 header + UDP header of the guest's datagram, reconstructed for an ICMPv6 quote."""
+    header = bytearray(48)
+    _IPV6.pack_into(header, 0, 0x60000000, 8, PROTO_UDP, 64, guest, remote)
+    _UDP.pack_into(header, 40, sport, dport, 8, 0)
     return bytes(header)

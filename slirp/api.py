@@ -38,7 +38,12 @@ or is undefined:
 - a number outside C's int range (``1e10``) is a bad argument (1.2.0
   converts it to INT_MIN, an undefined conversion, and binds port 0);
 - a ``host_addr``/``guest_addr`` that is present but neither a string nor
-  null is a bad argument (1.2.0 treats it as missing and binds 0.0.0.0).
+  null is a bad argument (1.2.0 treats it as missing and binds 0.0.0.0);
+- IPv6 ``host_addr`` and ``guest_addr`` are accepted (an extension: 1.2.0
+  answers ``bad arguments.host_addr``/``guest_addr``); an IPv6
+  ``guest_addr`` that names no single node (::, ::1, multicast,
+  IPv4-mapped) is a bad argument, and one without ``--enable-ipv6`` fails
+  the add (see slirp/portfwd.py).
 
 Glue (:class:`ApiServer`): the listener and every connection are watched by
 the uvloop Driver, so no client can stall traffic — slirp4netns "stops the
@@ -67,7 +72,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from .portfwd import PROTOS, AddFailed, Forward, ForwardSpec, UnknownForward, parse_ipv4
+from .portfwd import PROTOS, AddFailed, Forward, ForwardSpec, UnknownForward, parse_ipv4, parse_ipv6
 
 API_READ_MAX = 4096  # one read; a read of exactly this many bytes is "too large"
 API_LISTEN_BACKLOG = 64
@@ -280,14 +285,24 @@ def _int_arg(value) -> int | None:
 
 
 def _addr_arg(arguments: dict, key: str):
-    """(present, address): missing, null or "" → (False, None); bad → (True, None)."""
+    """(present, address): missing, null or "" → (False, None); bad → (True, None).
+
+    IPv4 as slirp4netns (strict dotted quad); IPv6 in the usual text form
+    (no brackets, no zone index) — a slirpnet extension."""
     value = arguments.get(key)
     if value is None or value == "":
         return False, None
     if not isinstance(value, str):
         return True, None
-    # IPv6 host/guest addresses belong to a later issue: parse_ipv4 only today.
+    if ":" in value:
+        return True, parse_ipv6(value)
     return True, parse_ipv4(value)
+
+
+def _guest_ipv6_ok(addr) -> bool:
+    """An IPv6 guest address must name one node: not unspecified, loopback,
+    multicast or IPv4-mapped (those mean nothing inside the namespace)."""
+    return not (addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.ipv4_mapped is not None)
 
 
 def _add_hostfwd(arguments: dict, table: ForwardTable) -> Reply:
@@ -304,7 +319,7 @@ def _add_hostfwd(arguments: dict, table: ForwardTable) -> Reply:
     if not host_port:
         return error_reply(ERR_ADD_HOST_PORT)
     given, guest_addr = _addr_arg(arguments, "guest_addr")
-    if given and guest_addr is None:
+    if given and (guest_addr is None or (guest_addr.version == 6 and not _guest_ipv6_ok(guest_addr))):
         return error_reply(ERR_ADD_GUEST_ADDR)
     guest_port = _int_arg(arguments.get("guest_port"))
     if not guest_port:

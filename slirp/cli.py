@@ -236,6 +236,8 @@ def _apply_option(cfg: Config, key: str, value: str | None, prog: str) -> None:
     elif key == "m":
         cfg.mtu = parse_mtu(value)
     elif key == "6":
+        if not cfg.enable_ipv6:
+            cfg.warnings.append("WARNING: Support for IPv6 is experimental")
         cfg.enable_ipv6 = True
     elif key == "a":
         cfg.api_socket = value

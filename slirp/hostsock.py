@@ -24,21 +24,24 @@ the kernel choosing the identifier and the checksum.
 ``--outbound-addr`` / ``--outbound-addr6``: every host socket of that family
 is bound to the address (port 0) before connect/send.
 
-Send space is estimated as SO_SNDBUF minus the bytes queued (SIOCOUTQ), the
-core's basis for the window it offers the guest.
+Send space (:meth:`HostSockets.send_space_of`) is what the socket's own
+memory accounting says it will still take, the core's basis for the window
+it offers the guest.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import socket
 import struct
 
 from netstack import actions as act
 from netstack import events as ev
 
-SIOCOUTQ = 0x5411
+SO_MEMINFO = 55
+_MEMINFO = struct.Struct("=9I")  # SK_MEMINFO_VARS
+_MEMINFO_SNDBUF = 3
+_MEMINFO_WMEM_QUEUED = 5
 IP_RECVERR = 11
 IPV6_RECVERR = 25
 SO_EE_ORIGIN_ICMP = 2
@@ -269,13 +272,16 @@ class HostSockets:
 
     @staticmethod
     def send_space_of(sock: socket.socket) -> int:
-        """How much more the socket would take now: SO_SNDBUF - SIOCOUTQ."""
+        """How much more the socket will take now, as the datapath computes it:
+        SO_MEMINFO's sndbuf minus wmem_queued (both in the kernel's memory
+        units, which is what its own "writable" test compares; SO_SNDBUF minus
+        SIOCOUTQ counts payload bytes and over-promises), 1/8 kept back."""
         try:
-            sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
-        except OSError:
+            mi = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
+        except (OSError, struct.error):
             return 0
-        return max(0, sndbuf - queued)
+        space = max(0, mi[_MEMINFO_SNDBUF] - mi[_MEMINFO_WMEM_QUEUED])
+        return space - space // 8
 
     # -- UDP ------------------------------------------------------------------
 

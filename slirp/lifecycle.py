@@ -28,9 +28,7 @@ from .netns import ChildFailed, open_tap_in_target, target_from_config
 
 # Options parsed and validated now whose behaviour lands with a later
 # release; using one says so instead of silently doing nothing.
-NOT_ACTIVE_YET: dict[str, str] = {
-    "enable_ipv6": "--enable-ipv6",
-}
+NOT_ACTIVE_YET: dict[str, str] = {}
 
 
 def serve(cfg: Config, child=None) -> int:
@@ -70,6 +68,11 @@ def serve(cfg: Config, child=None) -> int:
         sys.stderr.write(
             "WARNING: ping to outside addresses is off: this user may not open ICMP sockets "
             "(sysctl net.ipv4.ping_group_range); ping of the gateway and DNS addresses works\n"
+        )
+    if cfg.enable_ipv6 and not driver.ping_relay6 and not cfg.quiet:
+        sys.stderr.write(
+            "WARNING: ping -6 to outside addresses is off: this user may not open ICMPv6 sockets "
+            "(sysctl net.ipv4.ping_group_range, or no IPv6 on the host); ping of fd00::2, fd00::3 and fe80::2 works\n"
         )
     failed = open_edge(cfg, driver)
     if failed is not None:

@@ -31,11 +31,15 @@ import sys
 
 import uvloop
 
+from netstack.addressing import IPV6_DNS, IPV6_GATEWAY, IPV6_ROUTER_LINK_LOCAL
+from netstack.policy import LOOPBACK4, LOOPBACK6
 from netstack.stack import Stack, StackConfig
 
 from .api import ApiServer
 from .config import Config
+from .datapath import open_datapath
 from .hostsock import HostSockets, ping_sockets_allowed
+from .offload import ACTIVITY_REFRESH_S, Offload
 from .resolvconf import RESOLV_CONF_CHECK_S, ResolvConf
 from .portfwd import ForwardRegistry
 from .run import exit_status
@@ -53,6 +57,7 @@ class FdKind(enum.Enum):
     HOST_TCP = "host_tcp"  # a flow's TCP socket, readable
     HOST_UDP = "host_udp"
     HOST_PING = "host_ping"
+    DATAPATH = "datapath"  # the datapath's epoll fd: host sockets of offloaded flows
     API_LISTENER = "api_listener"  # the API socket (slirp/api.py)
     API_CONN = "api_conn"  # an API client, readable: its one request
     API_REPLY = "api_reply"  # an API client, writable: the rest of a long reply
@@ -67,12 +72,14 @@ class Driver:
         self.child = child
         self.loop = uvloop.new_event_loop()
         self.ping_relay = ping_sockets_allowed()
-        self.stack = Stack(stack_config(cfg, self.ping_relay))
+        self.ping_relay6 = cfg.enable_ipv6 and ping_sockets_allowed(socket.AF_INET6)
+        self.stack = Stack(stack_config(cfg, self.ping_relay, self.ping_relay6))
         self.counters = self.stack.counters
         self.events: list = []
         self.hostsocks = HostSockets(self, cfg.outbound4, cfg.outbound6)
         self.resolv_conf = ResolvConf(cfg.resolv_conf)
-        self.forwards = ForwardRegistry(cfg.plan, host=self, counters=self.counters)
+        self.offload = make_offload(self, cfg, tap_fd)
+        self.forwards = ForwardRegistry(cfg.plan, host=self, counters=self.counters, enable_ipv6=cfg.enable_ipv6)
         self.api = None  # an ApiServer once open_api() succeeded
         self.handlers = {
             FdKind.TAP: self.tap_readable_handler,
@@ -81,6 +88,7 @@ class Driver:
             FdKind.HOST_TCP: self.hostsocks.tcp_readable_handler,
             FdKind.HOST_UDP: self.hostsocks.udp_readable_handler,
             FdKind.HOST_PING: self.hostsocks.ping_readable_handler,
+            FdKind.DATAPATH: self.datapath_readable_handler,
             FdKind.API_LISTENER: self.api_listener_handler,
             FdKind.API_CONN: self.api_request_handler,
             FdKind.API_REPLY: self.api_reply_handler,
@@ -91,10 +99,10 @@ class Driver:
         self._tap_view = memoryview(self._tap_buf)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._stack_deadline: float | None = None  # as of the last flush
         self._exit_poll: select.epoll | None = None
         self.status = 0
         self._flushing = False
-        self.offload = None  # slirp.offload.Offload when a datapath is in use
         # Opened now, not when the loop starts: pidfd_open is on the seccomp
         # deny-list, and the filter is loaded before run().
         self._pidfd = os.pidfd_open(child.pid) if child is not None else None
@@ -210,6 +218,9 @@ class Driver:
             if not self._watch_exit_fd():
                 return self.finish(0)
             self.watch(self.tap_fd, FdKind.TAP)
+            if self.offload is not None:
+                self.watch(self.offload.dp.fileno(), FdKind.DATAPATH)
+                self.loop.call_later(ACTIVITY_REFRESH_S, self.activity_handler)
             if self.child is not None:
                 self.watch(self._pidfd, FdKind.CHILD)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
@@ -223,6 +234,8 @@ class Driver:
             self.loop.run_forever()
         finally:
             self.close_edge()
+            if self.offload is not None:
+                self.offload.dp.close()
             self.hostsocks.close_all()
             self.loop.close()
         return self.status
@@ -243,6 +256,15 @@ class Driver:
     # -- handlers -------------------------------------------------------------
 
     def tap_readable_handler(self) -> None:
+        if self.offload is not None:
+            now = self.loop.time()
+            items = self.offload.dp.tap_readable(now)
+            if items:
+                self.offload.deliver(items, now)
+                self.flush()
+            else:
+                self._datapath_only()
+            return
         stack = self.stack
         view = self._tap_view
         fd = self.tap_fd
@@ -315,8 +337,36 @@ class Driver:
     def timer_handler(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.stack.poll(self.loop.time())
+        now = self.loop.time()
+        self.stack.poll(now)
+        if self.offload is not None:
+            self.offload.deliver(self.offload.dp.timers(now), now)
         self.flush()
+
+    def datapath_readable_handler(self) -> None:
+        """Host sockets of offloaded flows are ready."""
+        now = self.loop.time()
+        items = self.offload.dp.host_readable(now)
+        if items:
+            self.offload.deliver(items, now)
+            self.flush()
+        else:
+            self._datapath_only()
+
+    def _datapath_only(self) -> None:
+        """The datapath handled everything itself: the stack has nothing new
+        to say, so only the datapath's deadline can have moved (this is the
+        per-wake-up cost of every offloaded byte: keep it small)."""
+        dp_deadline = self.offload.dp.next_deadline()
+        if dp_deadline is not None and (self._stack_deadline is None or dp_deadline < self._stack_deadline):
+            self._arm_timer(dp_deadline)
+        else:
+            self._arm_timer(self._stack_deadline)
+
+    def activity_handler(self) -> None:
+        """Refresh netstack's idle timers of flows only the datapath saw."""
+        self.offload.refresh_activity(self.loop.time())
+        self.loop.call_later(ACTIVITY_REFRESH_S, self.activity_handler)
 
     # -- output ---------------------------------------------------------------
 
@@ -356,9 +406,16 @@ class Driver:
             else:
                 self.loop.call_soon(self.flush)  # more to do: yield to other fds first
             self._write_frames(stack.take_frames())
+            if self.offload is not None:
+                self.offload.install_ready(self.loop.time())
         finally:
             self._flushing = False
-        self._arm_timer(self.stack.next_deadline())
+        deadline = self._stack_deadline = self.stack.next_deadline()
+        if self.offload is not None:
+            dp_deadline = self.offload.dp.next_deadline()
+            if dp_deadline is not None and (deadline is None or dp_deadline < deadline):
+                deadline = dp_deadline
+        self._arm_timer(deadline)
 
     def _write_frames(self, frames: list) -> None:
         fd = self.tap_fd
@@ -374,14 +431,17 @@ class Driver:
                     raise
 
     def _arm_timer(self, deadline: float | None) -> None:
-        if deadline == self._timer_at:
+        """One timer for the earliest deadline.  A timer already armed earlier
+        than ``deadline`` is kept (waking early is harmless: the handler asks
+        again), so deadlines that only move later — a retransmission timer
+        pushed back by every ACK — cost nothing per packet."""
+        armed = self._timer_at
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self.timer_handler)
+        self._timer = self.loop.call_at(deadline, self.timer_handler)
 
     def _watch_exit_fd(self) -> bool:
         """Watch the exit fd for HUP/ERR only (readable data must not end us).
@@ -406,7 +466,29 @@ class Driver:
         return True
 
 
-def stack_config(cfg: Config, ping_relay: bool) -> StackConfig:
+def make_offload(driver: Driver, cfg: Config, tap_fd: int) -> Offload | None:
+    """The datapath named by $SLIRPNET_DATAPATH (native, python; ``off``: the
+    core moves every byte itself), wrapped for the Driver."""
+    kind = os.environ.get("SLIRPNET_DATAPATH", "native")
+    if kind == "off":
+        return None
+    plan = cfg.plan
+    forward_map, slow_addrs = {}, set()
+    # The router's link-local fe80::2 is the gateway too (netstack/policy.py).
+    if cfg.disable_host_loopback:
+        slow_addrs.update((plan.gateway, IPV6_GATEWAY, IPV6_ROUTER_LINK_LOCAL))
+    else:
+        forward_map.update({plan.gateway: LOOPBACK4, IPV6_GATEWAY: LOOPBACK6, IPV6_ROUTER_LINK_LOCAL: LOOPBACK6})
+    if not cfg.disable_dns:
+        slow_addrs.update((plan.dns, IPV6_DNS))
+    reverse_map = {LOOPBACK4: plan.gateway, LOOPBACK6: IPV6_GATEWAY}
+    dp = open_datapath(
+        kind, tap_fd=tap_fd, mtu=cfg.mtu, forward_map=forward_map, reverse_map=reverse_map, slow_addrs=slow_addrs
+    )
+    return Offload(driver, dp)
+
+
+def stack_config(cfg: Config, ping_relay: bool, ping_relay6: bool = False) -> StackConfig:
     return StackConfig(
         plan=cfg.plan,
         mtu=cfg.mtu,
@@ -414,6 +496,7 @@ def stack_config(cfg: Config, ping_relay: bool) -> StackConfig:
         disable_dns=cfg.disable_dns,
         enable_ipv6=cfg.enable_ipv6,
         ping_relay=ping_relay,
+        ping_relay6=ping_relay6,
     )
 
 

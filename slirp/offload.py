@@ -19,6 +19,8 @@ in netstack, which is always correct — only slower.
 
 from __future__ import annotations
 
+import errno
+
 from netstack import events as ev
 from netstack.tcp import EndpointExport, State
 from netstack.udp import UdpNatFlow
@@ -65,6 +67,10 @@ class Offload:
         self.stack.tcp_resume(ej.flow, export, now)
         if ej.reason == "host_error":
             self.stack.handle_event(ev.TcpHostReset(ej.flow, ej.errno), now)
+        elif ej.reason == "timeout":
+            # The guest stopped acknowledging for MAX_RTO_RETRIES timeouts:
+            # give up as a host failure would (RST toward the guest, close).
+            self.stack.handle_event(ev.TcpHostReset(ej.flow, errno.ETIMEDOUT), now)
 
     # -- installing -----------------------------------------------------------
 
@@ -92,22 +98,27 @@ class Offload:
         export = stack.tcp.park(flow_id)
         if export is None:
             return
-        self.hostsocks.detach_tcp(flow_id)
-        self.dp.install_tcp(
-            TcpFlow(
-                flow=flow_id,
-                fd=conn.fd,
-                guest_addr=ep.guest_addr,
-                guest_port=ep.guest_port,
-                remote_addr=ep.remote_addr,
-                remote_port=ep.remote_port,
-                guest_mac=guest_mac,
-                our_mac=stack.our_mac_for(ep.remote_addr),
-                tcb=export.tcb,
-                rcv_buf_max=stack.tcp.config.rcv_buf_max,
-                now=now,
-            )
+        spec = TcpFlow(
+            flow=flow_id,
+            fd=conn.fd,
+            guest_addr=ep.guest_addr,
+            guest_port=ep.guest_port,
+            remote_addr=ep.remote_addr,
+            remote_port=ep.remote_port,
+            guest_mac=guest_mac,
+            our_mac=stack.our_mac_for(ep.remote_addr),
+            tcb=export.tcb,
+            rcv_buf_max=stack.tcp.config.rcv_buf_max,
+            now=now,
         )
+        try:
+            self.dp.install_tcp(spec)
+        except (ValueError, OverflowError):
+            # The datapath is full (or refuses this TCB): netstack keeps the flow.
+            self.counters.bump("offload.tcp_install_refused")
+            stack.tcp_resume(flow_id, export, now)
+            return
+        self.hostsocks.detach_tcp(flow_id)
         self.counters.bump("offload.tcp_installed")
 
     def udp_opened(self, flow_id: int, fd: int) -> bool:
@@ -123,7 +134,11 @@ class Offload:
             return False
         # Replies come from many remotes, all through the gateway's MAC (DNS
         # flows, the only ones from the DNS address, are not installed).
-        self.dp.install_udp(UdpFlow(flow_id, fd, ep.guest_addr, ep.guest_port, guest_mac, stack.plan.gateway_mac))
+        try:
+            self.dp.install_udp(UdpFlow(flow_id, fd, ep.guest_addr, ep.guest_port, guest_mac, stack.plan.gateway_mac))
+        except (ValueError, OverflowError):
+            self.counters.bump("offload.udp_install_refused")
+            return False
         self.counters.bump("offload.udp_installed")
         return True
 

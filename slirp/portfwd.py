@@ -22,9 +22,18 @@ Sockets: TCP listeners get SO_REUSEADDR (a restarted slirpnet can rebind
 over TIME_WAIT) and a real backlog (:data:`LISTEN_BACKLOG`, where slirp4netns
 uses 1) because forwarded ports take bursts of short connections.  UDP
 sockets get no SO_REUSEADDR, so a second or overlapping UDP forward of the
-same port is refused like a TCP one.  IPv6 sockets are IPV6_V6ONLY, so
-``[::]:P`` and ``0.0.0.0:P`` would be separate forwards (the API accepts
-IPv4 only today; the registry is family-neutral for the IPv6 issue).
+same port is refused like a TCP one.  IPv6: a forward on ``[::]:P`` is
+dual-stack (IPV6_V6ONLY off: IPv4 clients arrive as ::ffff:a.b.c.d, which
+the core unwraps), so it overlaps ``0.0.0.0:P`` and the second of the two is
+refused; any other IPv6 address is IPV6_V6ONLY.
+
+IPv6 targets: the family of ``guest_addr`` decides the family the core
+opens toward the guest; without ``guest_addr`` the target is the IPv4 guest
+address N+100 whatever the host address (known in advance, unlike the
+guest's SLAAC address).  An IPv6 ``guest_addr`` needs ``--enable-ipv6``
+(without it the guest's IPv6 replies would be dropped): the add fails.
+How a client appears to the guest across families is the core's rule
+(``netstack.policy.Policy.forward_source``).
 
 Hand-off: the registry does not know what happens to traffic.  Each accepted
 connection goes to ``host.forward_accepted(forward, conn, peer_addr,
@@ -40,8 +49,8 @@ lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the listener is not
 watched for :data:`ACCEPT_PAUSE_S` (the pending connection keeps it readable,
 so watching it would spin), counted as ``portfwd.accept_paused``.
 
-Not done here: carrying traffic into the guest (the core's job), IPv6
-through the API (a later issue), splice(2) loopback forwarding.
+Not done here: carrying traffic into the guest (the core's job),
+splice(2) loopback forwarding.
 """
 
 from __future__ import annotations
@@ -201,7 +210,8 @@ def open_listener(proto: str, addr: IPAddress, port: int) -> socket.socket:
     sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # [::] is dual-stack; a specific IPv6 address can only be IPv6 anyway.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr.packed == bytes(16) else 1)
         if proto == "tcp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((str(addr), port))
@@ -223,8 +233,10 @@ class ForwardRegistry:
         counters: Counters | None = None,
         opener: Callable[[str, IPAddress, int], object] = open_listener,
         max_forwards: int = MAX_FORWARDS,
+        enable_ipv6: bool = False,
     ):
         self.plan = plan
+        self.enable_ipv6 = enable_ipv6
         self.host = host
         self.counters = counters if counters is not None else Counters()
         self._open = opener
@@ -241,6 +253,9 @@ class ForwardRegistry:
         if len(self._forwards) >= self.max_forwards:
             self.counters.bump("portfwd.table_full")
             raise AddFailed(f"too many forwards (at most {self.max_forwards})")
+        if spec.guest_addr is not None and spec.guest_addr.version == 6 and not self.enable_ipv6:
+            self.counters.bump("portfwd.ipv6_disabled")
+            raise AddFailed(f"IPv6 guest address {spec.guest_addr} needs --enable-ipv6")
         guest_addr, target = self._guest_target(spec.guest_addr)
         try:
             sock = self._open(spec.proto, spec.host_addr, spec.host_port % PORT_MODULUS)
@@ -369,6 +384,16 @@ def parse_ipv4(text: str) -> ipaddress.IPv4Address | None:
         return None
 
 
+def parse_ipv6(text: str) -> ipaddress.IPv6Address | None:
+    """An IPv6 address in text form, without brackets or a zone index (``%eth0``)."""
+    if "%" in text:
+        return None
+    try:
+        return ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class PortMapping:
     """``[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT``; addresses None when not given."""
@@ -458,10 +483,10 @@ def _parse_mapping_port(text: str, what: str) -> int:
 
 def _parse_mapping_addr(text: str, what: str) -> IPAddress:
     if text.startswith("[") and text.endswith("]"):
-        try:
-            return ipaddress.IPv6Address(text[1:-1])
-        except ValueError:
-            raise MappingError(f"bad {what} address {text!r}") from None
+        addr6 = parse_ipv6(text[1:-1])
+        if addr6 is None:
+            raise MappingError(f"bad {what} address {text!r}")
+        return addr6
     if "[" in text or "]" in text:
         raise MappingError(f"bad {what} address {text!r}")
     addr = parse_ipv4(text)

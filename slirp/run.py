@@ -54,7 +54,8 @@ Run CMD in a new user + network namespace whose tap0 is connected by slirpnet.
 -a, --api-socket=PATH    serve the slirp4netns JSON API at PATH
 -p, --publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]
                          forward a host port to the namespace's N+100 (10.0.2.100)
-                         (repeatable; ADDR defaults to 0.0.0.0 as in Docker)
+                         (repeatable; ADDR defaults to 0.0.0.0 as in Docker;
+                         IPv6 in brackets: [::1]:8080:80, [::] is dual-stack)
 --outbound-addr=IPv4     bind outbound IPv4 sockets to this address or interface
 --outbound-addr6=IPv6    bind outbound IPv6 sockets to this address or interface
 --macaddress=MAC         MAC address of tap0
@@ -133,8 +134,6 @@ def _check_publish(text: str, prog: str) -> str:
         mapping = parse_publish(text)
     except MappingError as err:
         raise Exit(2, stderr=f"{prog} run: bad --publish {text!r}: {err}\n") from None
-    if mapping.host_addr is not None and mapping.host_addr.version == 6:
-        raise Exit(2, stderr=f"{prog} run: bad --publish {text!r}: IPv6 forwards are not supported yet\n")
     return text
 
 

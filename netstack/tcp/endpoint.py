@@ -1297,3 +1297,6 @@ class TcpEndpoint:
         self._output(now)
         self._update_credit(force=True)
         self._update_timer(now)
+        # The other owner may hand back a window closed by a full host
+        # socket: only the edge can see it drain (else probes get 0 forever).
+        self._maybe_watch()

@@ -19,29 +19,44 @@ which gives it to netstack.  Two implementations with one contract:
 Contract
 ========
 
-Construction: ``Datapath(tap_fd, mtu, forward_map, reverse_map, slow_addrs)``.
+Construction: ``Datapath(tap_fd, mtu, forward_map, reverse_map, slow_addrs,
+*, max_flows=16384, peek_offset=True)``.
 ``forward_map`` maps a guest destination to the host address the datagram
 goes to (the gateway → 127.0.0.1, fd00::/64 addresses are not listed: only
 exact addresses); ``reverse_map`` maps a host source address to what the
 guest sees (127.0.0.1 → the gateway, ::1 → fd00::2); a guest UDP datagram to
-an address in ``slow_addrs`` (the DNS address, refused addresses) or to a
-multicast/broadcast address is a slow Frame.  ``fileno()`` is an epoll fd the
-event loop watches: readable when a host socket of an installed flow is.
+an address in ``slow_addrs`` (the DNS address, refused addresses), to a
+multicast/broadcast address, or to port 0 or 67 (DHCP) is a slow Frame.
+``max_flows`` bounds the table (TCP and UDP together); ``peek_offset=False``
+forces the fallback for kernels without SO_PEEK_OFF on TCP (< 6.9), which is
+otherwise chosen per socket when setting SO_PEEK_OFF fails.
+``fileno()`` is an epoll fd the event loop watches: readable when a host
+socket of an installed flow has something for us.  The TAP fd and the host
+sockets must be non-blocking.
 
 Calls (``now`` is the loop's monotonic time in seconds; the datapath never
 reads a clock):
 
 * ``tap_readable(now) -> list[item]``: read the TAP until EAGAIN or
   TAP_READ_BUDGET frames, then, per touched TCP flow in first-touch order:
-  send the pending ACK, then send host data the guest's window allows.
-* ``host_readable(now) -> list[item]``: service the ready host sockets.
-* ``timers(now) -> list[item]`` and ``next_deadline() -> float | None``.
+  send host data the guest's window allows (each data frame carries the
+  ACK), then the pending ACK if no data frame carried it.  A read error
+  other than EAGAIN/EINTR ends the batch (``dp.tap_read_errors``) and is
+  raised as OSError when the batch produced no item.
+* ``host_readable(now) -> list[item]``: service the ready host sockets
+  (at most HOST_EVENTS_MAX per call, in flow-id order).
+* ``timers(now) -> list[item]`` (due flows in flow-id order) and
+  ``next_deadline() -> float | None``.
 * ``install_tcp(TcpFlow)``; ``eject_tcp(flow, now) -> Ejected`` (the edge
   wants the flow back, e.g. to close it); ``install_udp(UdpFlow)``;
   ``remove_udp(flow)`` (the edge closes the socket itself afterwards).
+  Installing raises ValueError for a flow id, key or fd already installed
+  (or TCP data in flight), OverflowError when the table is full (the flow
+  stays in netstack); eject_tcp/remove_udp raise KeyError for an unknown flow.
 * ``owns(flow) -> bool``; ``take_activity() -> list[int]`` (UDP flows that
-  carried traffic since the last call: their idle timers must be refreshed);
-  ``stats() -> dict[str, int]`` (named counters, ``dp.*``); ``close()``.
+  carried traffic since the last call, in order of first activity: their
+  idle timers must be refreshed); ``stats() -> dict[str, int]`` (the
+  counters of STAT_NAMES); ``close()``.
 
 The datapath never closes a host socket (the edge owns them) and never
 allocates Python objects in C.  While a flow is installed the edge neither
@@ -49,69 +64,109 @@ reads nor watches its socket (it may still *send* on a UDP socket).
 
 Slow items, in the order they happened:
 
-* :class:`Frame` — a guest frame (vnet header included) for netstack;
+* :class:`Frame` — a guest frame (vnet header included) for netstack: not
+  IPv4/IPv6 TCP/UDP, IP options or fragments, extension headers, unknown
+  flows, frames to another MAC than the flow's, and malformed frames
+  (truncated, bad IPv4 header checksum, bad lengths: ``dp.malformed``);
 * :class:`Ejected` — a TCP flow given back: the edge resumes it in netstack
-  *before* handling any later item.  ``reason``: ``segment`` (the next item
-  is the guest segment the fast path does not take: SYN/FIN/RST/URG, options
-  other than timestamps, an ACK of unsent data...), ``host_eof``,
-  ``host_error`` (``errno`` set), ``timeout`` (retransmission limit),
-  ``zero_window`` (the guest's window stayed closed for an RTO: netstack
-  probes), ``requested`` (eject_tcp);
+  *before* handling any later item.  A pending ACK is sent before the flow
+  is ejected.  ``reason``: ``segment`` (the next item is the guest segment
+  the fast path does not take: SYN/FIN/RST/URG/ECE/CWR, options other than
+  the timestamp block, an ACK older than RFC 5961 §5.2 allows), ``host_eof``,
+  ``host_error`` (``errno`` set: a failed send, a failed peek, or EPOLLERR
+  with SO_ERROR), ``timeout`` (retransmission limit), ``zero_window`` (the
+  guest's window stayed closed for an RTO: netstack probes), ``requested``
+  (eject_tcp);
 * :class:`UdpDatagram` — a host datagram too big for one frame (netstack
-  fragments it);
-* :class:`UdpError` — an ICMP error is queued on a UDP socket (EPOLLERR): the
-  edge drains the error queue.
+  fragments it); ``addr``/``port`` are the host source as the socket
+  reported it (not mapped: netstack's UdpReceived).  At most UDP_BIG_MAX per
+  host_readable call;
+* :class:`UdpError` — an ICMP error is queued on a UDP socket (EPOLLERR, or
+  sendto/recvfrom failed with it): the edge drains the error queue.
 
 TCP fast path, exactly (both implementations; the parity tests hold them to
 it).  A guest frame is taken only if: vnet + Ethernet + IPv4 without options
-or fragmentation, or IPv6 with TCP/UDP as the first next header; it belongs
-to an installed flow (key: proto, guest addr/port, remote addr/port) and is
-addressed to the flow's MAC; its checksum is vouched for by the vnet header
-(NEEDS_CSUM or DATA_VALID) or verifies (else it is dropped, ``dp.bad_checksum``).
-A TCP segment must have exactly ACK or ACK|PSH and, if the flow uses
-timestamps, exactly the option block NOP NOP TS (else none): otherwise
-Ejected(segment) + Frame.
+or fragmentation (header checksum verified), or IPv6 with TCP/UDP as the
+first next header; it belongs to an installed flow (key: proto, guest
+addr/port, remote addr/port) and is addressed to the flow's MAC; its
+checksum is vouched for by the vnet header (NEEDS_CSUM or DATA_VALID) or
+verifies (else it is dropped, ``dp.bad_checksum``).  A TCP segment must
+have exactly ACK or ACK|PSH and, if the flow uses timestamps, exactly the
+option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
 
-1. PAWS (ts flows): TSval older than TS.Recent → dup ACK, drop (``dp.paws``).
-2. ACK: beyond snd_max → ACK, drop (``dp.ack_unsent``); advancing → the acked
-   bytes are discarded from the host socket (recv MSG_TRUNC), snd_una moves,
-   RTT sampled from TSecr (RFC 6298, RTO floor 200 ms), the retransmission
-   timer re-armed (or stopped when all is acked), the RTO backoff reset;
-   equal, no payload, same window, data in flight → duplicate; the third
-   rewinds snd_nxt to snd_una (go-back-N, ``dp.fast_retransmits``).  Window
-   update per RFC 9293 (snd_wl1/snd_wl2).
+1. PAWS (ts flows): TSval older than TS.Recent (unless TS.Recent is idle
+   for 24 days, RFC 7323 §5.5) → ACK, drop (``dp.paws``).  Then TS.Recent =
+   TSval when SEG.SEQ <= RCV.NXT (RFC 7323 §4.3).
+2. ACK: beyond snd_max → ACK, drop (``dp.ack_unsent``; as netstack does, no
+   ejection); older than snd_una − max(max_snd_wnd, 65535) → Ejected(segment);
+   advancing → the acked bytes are discarded from the host socket (recv
+   MSG_TRUNC), snd_una moves (snd_nxt with it if behind), RTT sampled from
+   a non-zero TSecr (RFC 6298, RTO floor 200 ms; flows without timestamps
+   keep their RTO), the retransmission timer re-armed (or stopped when all
+   is acked), the retry count and duplicate count reset; equal, no payload,
+   same window, window open, data in flight → duplicate; the third rewinds
+   snd_nxt to snd_una (go-back-N, ``dp.fast_retransmits``).  Window update
+   per RFC 9293 (snd_wl1/snd_wl2), before the duplicate test counts.
 3. Payload at rcv_nxt (the part of an overlapping retransmission past
-   rcv_nxt too): written to the host socket (send, MSG_DONTWAIT|MSG_NOSIGNAL);
-   rcv_nxt advances by what it took (forwarder rule: only that is ACKed);
-   EAGAIN takes nothing; EPIPE/ECONNRESET/other errors → Ejected(host_error).
-   TS.Recent = TSval.  Out of order → dup ACK, drop (``dp.out_of_order``).
-   Anything acceptable marks the flow ACK-pending.
-4. ACK emission (once per flow per batch): window = min(SO_SNDBUF − SIOCOUTQ,
-   rcv_buf_max, 0xFFFF << rcv_wscale); rcv_adv moves right only, and only by
-   at least min(MSS, window/2) (receiver SWS avoidance); the window field is
-   rounded up to the scale.  A window below one MSS arms EPOLLOUT: when the
-   socket drains, a window update is sent.
+   rcv_nxt too; nothing is trimmed to the window): written to the host
+   socket (send, MSG_DONTWAIT|MSG_NOSIGNAL); rcv_nxt advances by what it
+   took (forwarder rule: only that is ACKed); EAGAIN takes nothing;
+   EPIPE/ECONNRESET/other errors → Ejected(host_error).  Out of order → ACK,
+   drop (``dp.out_of_order``); entirely old → ACK, drop (``dp.duplicate``).
+   A segment with payload at or across rcv_nxt marks the flow ACK-pending.
+   The ACKs of rules 1–3 go out at once (they are the duplicate ACKs the
+   guest's fast retransmit counts); ACK-pending ones once per flow per batch.
+4. Window (every segment we send): host space = sndbuf − wmem_queued from
+   SO_MEMINFO (truesize units: the kernel's own sk_stream_memory_free test),
+   less 1/8 for the per-byte overhead — SO_SNDBUF − SIOCOUTQ counts bytes
+   and over-promises, so that the guest's data found the socket full — read
+   again when the flow wrote to its socket since, on EPOLLOUT, or while it
+   is below rcv_buf_max; window = min(host space, rcv_buf_max,
+   0xFFFF << rcv_wscale); rcv_adv moves right only, and only by at least
+   min(our MSS, rcv_buf_max/2, largest host space/2) (receiver SWS
+   avoidance, netstack's rule); the window field is rounded up to the scale.
+   After a flush that leaves less than that step open, EPOLLOUT is watched:
+   when it fires it is dropped and, if the window would open, a window
+   update is sent.
 5. Host → guest: while the guest's window (snd_una + snd_wnd − snd_nxt) and
-   the in-flight cap (INFLIGHT_MAX = 1 MiB, netstack's send buffer) allow:
-   MSG_PEEK the next bytes (SO_PEEK_OFF keeps the offset at snd_nxt −
-   snd_una; without it, the in-flight bytes are skipped into a scratch
-   buffer), at most one GSO frame's worth (65535 − headers), build one frame
-   (ACK|PSH, gso_size = MSS − 12 with timestamps, NEEDS_CSUM) and write it.
-   Closed window → stop watching the socket for input until an ACK opens it;
-   if nothing is in flight, a persist timer (one RTO) → Ejected(zero_window).
-   Peek returns 0 → Ejected(host_eof).
-6. RTO expiry with data in flight: go-back-N, RTO doubled (≤ 60 s); after
-   MAX_RTO_RETRIES consecutive expiries → Ejected(timeout).
+   the in-flight cap (INFLIGHT_MAX = 1 MiB, netstack's send buffer) allow
+   (and, with data in flight, at least one effective MSS: sender SWS
+   avoidance): MSG_PEEK the next bytes (SO_PEEK_OFF keeps the offset at
+   snd_nxt − snd_una; without it, the in-flight bytes are peeked into a
+   scratch buffer in front), at most one GSO frame's worth (65535 −
+   headers), build one frame (ACK|PSH, gso_size = MSS − 12 with timestamps,
+   NEEDS_CSUM) and write it.  A short peek ends the round unless the host
+   has shut down its side (EPOLLRDHUP seen), when peeking goes on to find
+   the end.  Peek returns 0 → Ejected(host_eof) (the fallback sees EOF only
+   once nothing is in flight).  Host sockets are watched edge-triggered
+   (EPOLLIN|EPOLLRDHUP|EPOLLET): new host data is an event; data that waits
+   for the guest's window is picked up by the ACK that opens it.  Closed
+   window with nothing in flight and host data (FIONREAD) or EOF waiting →
+   a persist timer (one RTO) → Ejected(zero_window) unless the window opens
+   first; an idle flow behind a closed window stays.
+6. RTO expiry with data in flight: go-back-N, RTO doubled (≤ 60 s); the
+   MAX_RTO_RETRIES-th consecutive expiry → Ejected(timeout) instead; an
+   expiry while the guest's window is closed → Ejected(zero_window).
+Frames toward the guest: vnet header as netstack/frames.py builds it
+(NEEDS_CSUM with the folded pseudo-header seed, GSO TCPV4/TCPV6 when the
+payload exceeds gso_size, hdr_len = all headers then), IPv4 with DF, TTL 64
+and identification 0 (RFC 6864 §4.1: atomic datagrams), IPv6 hop limit 64;
+pure ACKs have seq = snd_max.
 An ejected flow's export matches netstack.tcp.EndpointExport: the TCB dict
 (every field of netstack.tcp.Tcb, updated), ``send_bytes`` = the
-unacknowledged bytes [snd_una, snd_max) read out of the socket,
-``to_host`` empty, ``host_eof``, ``host_blocked`` False, ``edge_credit`` 0.
+unacknowledged bytes [snd_una, snd_max) read out of the socket (should the
+socket have lost them — a reset — snd_nxt/snd_max are cut back to what was
+read), ``to_host`` empty, ``host_eof``, ``host_blocked`` False,
+``edge_credit`` 0.
 
 UDP fast path: a guest datagram of an installed flow (key: guest addr/port)
 to an ordinary destination is sent with sendto (destination rewritten by
-``forward_map``); a host datagram is framed with the source rewritten by
+``forward_map``; a USO frame, gso_type UDP_L4, is cut into gso_size
+datagrams; EAGAIN drops and counts; ECONNREFUSED/EHOSTUNREACH/ENETUNREACH →
+UdpError); a host datagram is framed with the source rewritten by
 ``reverse_map`` (checksum offload), or handed up as UdpDatagram when it does
-not fit the MTU.
+not fit the MTU.  At most UDP_RECV_BUDGET datagrams per socket per call
+(the socket is watched level-triggered).
 """
 
 from __future__ import annotations
@@ -122,6 +177,42 @@ from dataclasses import dataclass
 TAP_READ_BUDGET = 256
 INFLIGHT_MAX = 1 << 20
 MAX_RTO_RETRIES = 8
+HOST_EVENTS_MAX = 64  # epoll events per host_readable call
+UDP_RECV_BUDGET = 64  # datagrams per UDP socket per host_readable call
+UDP_BIG_MAX = 64  # UdpDatagram items per host_readable call
+RTO_MIN_S = 0.2
+RTO_MAX_S = 60.0
+CLOCK_GRANULARITY_S = 0.001
+PAWS_IDLE_S = 24 * 86400
+
+EJECT_REASONS = ("segment", "host_eof", "host_error", "timeout", "zero_window", "requested")
+
+# The counters of stats(), in the order of native/slirpnet.h's enum sn_dp_stat.
+STAT_NAMES = (
+    "dp.tap_frames",
+    "dp.tap_read_errors",
+    "dp.slow_frames",
+    "dp.malformed",
+    "dp.bad_checksum",
+    "dp.paws",
+    "dp.ack_unsent",
+    "dp.duplicate",
+    "dp.out_of_order",
+    "dp.fast_retransmits",
+    "dp.rto_expiries",
+    "dp.acks",
+    "dp.tcp_to_host_bytes",
+    "dp.tcp_to_guest_bytes",
+    "dp.tcp_frames_to_guest",
+    "dp.host_short_writes",
+    "dp.udp_to_host",
+    "dp.udp_to_guest",
+    "dp.udp_too_big",
+    "dp.udp_send_eagain",
+    "dp.udp_send_errors",
+    "dp.tap_write_eagain",
+    "dp.tap_write_errors",
+) + tuple("dp.ejected_" + r for r in EJECT_REASONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +268,31 @@ class UdpDatagram:
 @dataclass(frozen=True, slots=True)
 class UdpError:
     flow: int
+
+
+def read_send_bytes(fd: int, n: int, tcb: dict) -> bytes:
+    """Read the ``n`` unacknowledged bytes of an ejected flow out of its socket
+    (they are at the head of its receive queue).  Should fewer be there (the
+    connection was reset), ``tcb``'s snd_nxt/snd_max are cut back to match."""
+    parts = []
+    got = 0
+    while got < n:
+        try:
+            chunk = os.read(fd, n - got)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            break
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    if got < n:
+        end = (tcb["snd_una"] + got) & 0xFFFFFFFF
+        tcb["snd_max"] = end
+        if ((end - tcb["snd_nxt"]) & 0xFFFFFFFF) >= 1 << 31:
+            tcb["snd_nxt"] = end
+    return b"".join(parts)
 
 
 def open_datapath(kind: str | None = None, **kwargs):

@@ -88,8 +88,11 @@ class World:
              its ONLY route leads to remote, so nothing can leave the box;
              loopback up; unprivileged ICMP sockets allowed; a resolv.conf
              file of its own for the DNS forwarder.
-    remote — a network namespace behind a veth pair (198.51.100.2/24), the
-             "world" the guest reaches through slirpnet.
+    remote — a network namespace behind a veth pair (198.51.100.2/24 and
+             2001:db8:1::2/64), the "world" the guest reaches through
+             slirpnet; host is 198.51.100.1 and 2001:db8:1::1 on it, with
+             IPv4 and IPv6 default routes toward remote (documentation
+             prefixes, and only inside this world).
     guest  — the network namespace slirpnet serves (the container).
     host and remote are owned by host's user namespace, so root there can
     bind low ports and wire them up.
@@ -97,6 +100,8 @@ class World:
 
     HOST_ADDR = "198.51.100.1"
     REMOTE_ADDR = "198.51.100.2"
+    HOST_ADDR6 = "2001:db8:1::1"
+    REMOTE_ADDR6 = "2001:db8:1::2"
 
     def __init__(self, tmp: pathlib.Path, allow_ping: bool = True):
         self.tmp = tmp
@@ -110,6 +115,9 @@ class World:
             h.run("ip", "addr", "add", f"{self.HOST_ADDR}/24", "dev", "veth-h", check=True)
             h.run("ip", "link", "set", "veth-h", "up", check=True)
             h.run("ip", "route", "add", "default", "via", self.REMOTE_ADDR, check=True)
+            # nodad: usable at once (no duplicate address detection on a private veth).
+            h.run("ip", "-6", "addr", "add", f"{self.HOST_ADDR6}/64", "dev", "veth-h", "nodad", check=True)
+            h.run("ip", "-6", "route", "add", "default", "via", self.REMOTE_ADDR6, check=True)
             if allow_ping:  # a new netns starts with "1 0": nobody may
                 h.run("sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 0", check=True)
             r = self.remote
@@ -117,6 +125,8 @@ class World:
             r.run("ip", "addr", "add", f"{self.REMOTE_ADDR}/24", "dev", "veth-r", check=True)
             r.run("ip", "link", "set", "veth-r", "up", check=True)
             r.run("ip", "route", "add", "default", "via", self.HOST_ADDR, check=True)
+            r.run("ip", "-6", "addr", "add", f"{self.REMOTE_ADDR6}/64", "dev", "veth-r", "nodad", check=True)
+            r.run("ip", "-6", "route", "add", "default", "via", self.HOST_ADDR6, check=True)
         except BaseException:
             self.close()
             raise
@@ -263,3 +273,17 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def wait_ipv6(ns: Netns, dev: str = "tap0", timeout: float = 15) -> str:
+    """Wait until ``dev`` has a usable (not tentative) global IPv6 address from
+    SLAAC and an IPv6 default route; returns the address."""
+    deadline = time.monotonic() + timeout
+    while True:
+        addrs = ns.run("ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "global", "-tentative").stdout.decode()
+        route = ns.run("ip", "-6", "route", "show", "default").stdout.decode()
+        if "inet6 " in addrs and "default" in route:
+            return addrs.split("inet6 ", 1)[1].split("/", 1)[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no SLAAC address on {dev}: {addrs!r} {route!r}")
+        time.sleep(0.2)

@@ -135,7 +135,9 @@ ERROR_CASES = [
     (add('"proto":"tcp ","host_port":1,"guest_port":1'), err(E.ERR_ADD_PROTO)),
     # then host_addr
     (add('"proto":"tcp","host_addr":"x","host_port":"1"'), err(E.ERR_ADD_HOST_ADDR)),
-    (add('"proto":"tcp","host_addr":"::1","host_port":18090,"guest_port":80'), err(E.ERR_ADD_HOST_ADDR)),
+    (add('"proto":"tcp","host_addr":"[::1]","host_port":18090,"guest_port":80'), err(E.ERR_ADD_HOST_ADDR)),
+    (add('"proto":"tcp","host_addr":"fe80::1%lo","host_port":18090,"guest_port":80'), err(E.ERR_ADD_HOST_ADDR)),
+    (add('"proto":"tcp","host_addr":":::1","host_port":18090,"guest_port":80'), err(E.ERR_ADD_HOST_ADDR)),
     (add('"proto":"tcp","host_addr":"127.1","host_port":1,"guest_port":1'), err(E.ERR_ADD_HOST_ADDR)),
     (add('"proto":"tcp","host_addr":"127.0.0.01","host_port":1,"guest_port":1'), err(E.ERR_ADD_HOST_ADDR)),
     (add('"proto":"tcp","host_addr":" 127.0.0.1","host_port":1,"guest_port":1'), err(E.ERR_ADD_HOST_ADDR)),
@@ -155,7 +157,11 @@ ERROR_CASES = [
     (add('"proto":"tcp","host_port":-2147483649,"guest_port":80'), err(E.ERR_ADD_HOST_PORT)),
     # then guest_addr
     (add('"proto":"tcp","host_port":18092,"guest_addr":"bad","guest_port":0'), err(E.ERR_ADD_GUEST_ADDR)),
-    (add('"proto":"tcp","host_port":1,"guest_addr":"fd00::64","guest_port":1'), err(E.ERR_ADD_GUEST_ADDR)),
+    (add('"proto":"tcp","host_port":1,"guest_addr":"fd00::64:","guest_port":1'), err(E.ERR_ADD_GUEST_ADDR)),
+    (add('"proto":"tcp","host_port":1,"guest_addr":"::","guest_port":1'), err(E.ERR_ADD_GUEST_ADDR)),
+    (add('"proto":"tcp","host_port":1,"guest_addr":"::1","guest_port":1'), err(E.ERR_ADD_GUEST_ADDR)),
+    (add('"proto":"tcp","host_port":1,"guest_addr":"ff02::1","guest_port":1'), err(E.ERR_ADD_GUEST_ADDR)),
+    (add('"proto":"tcp","host_port":1,"guest_addr":"::ffff:10.0.2.100","guest_port":1'), err(E.ERR_ADD_GUEST_ADDR)),
     (add('"proto":"tcp","host_port":1,"guest_addr":7,"guest_port":1'), err(E.ERR_ADD_GUEST_ADDR)),
     # then guest_port
     (add('"proto":"tcp","host_port":18093,"guest_addr":"0.0.0.0","guest_port":0'), err(E.ERR_ADD_GUEST_PORT)),
@@ -181,6 +187,32 @@ def test_error_replies_exactly(table, request_text, reply):
     assert result.body == reply
     assert result.rc == api.RC_FAILED
     assert len(table) == 0, "a failed request changes nothing"
+
+
+def test_ipv6_host_and_guest_addresses():
+    opener = Opener()
+    table = ForwardRegistry(PLAN, NullHost(), opener=opener, enable_ipv6=True)
+    assert ask(table, add('"proto":"tcp","host_addr":"::1","host_port":8080,"guest_port":80')) == b'{"return":{"id":1}}'
+    assert ask(table, add('"proto":"udp","host_addr":"::","host_port":5353,"guest_addr":"fd00::100","guest_port":53')) == (
+        b'{"return":{"id":2}}'
+    )
+    assert ask(table, add('"proto":"tcp","host_port":8081,"guest_addr":"FD00:0::64","guest_port":80')) == b'{"return":{"id":3}}'
+    assert opener.calls == [("tcp", "::1", 8080), ("udp", "::", 5353), ("tcp", "0.0.0.0", 8081)]
+    entries = json.loads(ask(table, '{"execute":"list_hostfwd"}'))["return"]["entries"]
+    assert [(e["host_addr"], e["guest_addr"]) for e in entries] == [
+        ("::1", "10.0.2.100"),  # no guest_addr: the IPv4 guest N+100, whatever the host side
+        ("::", "fd00::100"),
+        ("0.0.0.0", "fd00::64"),
+    ]
+    assert [f.target_addr for f in table.entries()] == [
+        PLAN.guest, ipaddress.IPv6Address("fd00::100").packed, ipaddress.IPv6Address("fd00::64").packed,
+    ]  # fmt: skip
+
+
+def test_ipv6_guest_address_needs_enable_ipv6(table):
+    result = handle_request(add('"proto":"tcp","host_port":8080,"guest_addr":"fd00::64","guest_port":80').encode(), table)
+    assert result.body == err(E.ERR_ADD_FAILED) and "--enable-ipv6" in result.detail
+    assert ask(table, add('"proto":"tcp","host_addr":"::1","host_port":8080,"guest_port":80')) == b'{"return":{"id":1}}'
 
 
 def test_every_documented_error_string_is_covered():

@@ -62,7 +62,7 @@ def request_of(argv) -> dict:
             },
         ),
         (
-            S + ["add", "tcp", "[::1]:8080:80"],  # parsed; the server decides (it refuses IPv6 today)
+            S + ["add", "tcp", "[::1]:8080:80"],  # parsed; the server decides
             {
                 "execute": "add_hostfwd",
                 "arguments": {"proto": "tcp", "host_addr": "::1", "host_port": 8080, "guest_port": 80},
@@ -259,7 +259,7 @@ def test_run_publish_is_repeatable_and_kept():
         ("8080:80/sctp", "unknown protocol 'sctp'"),
         ("x:8080:80", "bad host address"),
         ("8080:10.0.2.15:80", "expected [HOSTADDR:]HOSTPORT:GUESTPORT"),
-        ("[::1]:8080:80", "IPv6 forwards are not supported yet"),
+        ("[fe80::1%eth0]:8080:80", "bad host address"),
     ],
 )
 def test_run_bad_publish_exits_2(spec, message):

@@ -207,3 +207,18 @@ def test_random_operations_keep_invariants():
         for p in (PROTO_UDP, PROTO_TCP):
             assert t.count(p) <= 20
             assert len(t._heaps.get(p, ())) <= 2 * t.count(p) + 64 + 1
+
+
+def test_open_idle_flow_touches_inserts_and_evicts_the_least_recent():
+    table = FlowTable(limits={PROTO_UDP: 2})
+    keys = [FlowKey(0, PROTO_UDP, b"\x0a\x00\x02\x64", port, b"", 0) for port in (1000, 1001, 1002)]
+    a, created, victim = table.open_idle_flow(keys[0], 0.0, idle_timeout=240.0, endpoint="a")
+    assert created and victim is None and a.state is FlowState.ESTABLISHED and a.evictable
+    b, created, _ = table.open_idle_flow(keys[1], 1.0, idle_timeout=240.0, endpoint="b")
+    assert created
+    same, created, victim = table.open_idle_flow(keys[0], 2.0, idle_timeout=240.0, endpoint="ignored")
+    assert same is a and not created and victim is None and a.endpoint == "a"
+    c, created, victim = table.open_idle_flow(keys[2], 3.0, idle_timeout=240.0, endpoint="c")
+    assert created and victim is b  # b was touched last at 1.0, a at 2.0
+    assert table.lookup(keys[1]) is None and table.count(PROTO_UDP) == 2
+    assert table.next_deadline(PROTO_UDP) == 240.0  # a's first deadline is still armed (lazy)

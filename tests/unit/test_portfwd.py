@@ -420,15 +420,25 @@ def test_other_accept_errors_skip_that_connection():
     assert sock.n == 2 and reg.counters["portfwd.accept_error"] == 1 and not host.accepted
 
 
-def test_ipv6_listener_is_v6only():
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_ipv6_listeners_are_v6only_except_the_unspecified_one(proto):
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     try:
-        sock = open_listener("tcp", ipaddress.IPv6Address("::1"), 0)
+        sock = open_listener(proto, ipaddress.IPv6Address("::1"), 0)
     except OSError as err:
         pytest.skip(f"no ::1 here: {err}")
     try:
         assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        sock.close()
+    sock = open_listener(proto, ipaddress.IPv6Address("::"), 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        port = sock.getsockname()[1]
+        # Dual-stack: the IPv4 wildcard on the same port overlaps and is refused.
+        with pytest.raises(OSError):
+            open_listener(proto, ipaddress.IPv4Address("0.0.0.0"), port)
     finally:
         sock.close()
 

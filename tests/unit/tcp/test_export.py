@@ -208,3 +208,22 @@ def test_import_into_a_fresh_endpoint():
             config=TcpConfig(), counters=Counters(), segments=[], actions=[],
             limiter=ChallengeLimiter(1), iss=0, ts_offset=0,
         ).import_(0.0, bad)
+
+
+def test_resume_with_a_closed_window_watches_the_host_socket():
+    """A datapath ejects a flow whose host socket was full (window closed):
+    netstack must ask the edge to report the socket draining, or the guest's
+    zero-window probes are answered with window 0 forever."""
+    from netstack.actions import WatchTcpWritable
+
+    h = Harness()
+    c = open_established(h)
+    exp = h.layer.park(c.flow)
+    t = dict(exp.tcb)
+    t["host_space"] = 0
+    t["rcv_adv"] = t["rcv_nxt"]
+    h.layer.resume(h.now, c.flow, dataclasses.replace(exp, tcb=t))
+    assert WatchTcpWritable(c.flow) in h.actions()
+    h.event(TcpWritable(c.flow, 1 << 20))
+    s = c.expect(ACK)
+    assert s.header.window > 0, "the window reopens once the socket drains"
