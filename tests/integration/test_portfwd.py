@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import resource
 import select
 import shutil
 import signal
@@ -25,16 +24,14 @@ import time
 
 import pytest
 
-from .nsutil import ENV, SLIRPNET, World, spawn, stop
+from .nsutil import ENV, SLIRPNET, Netns, World, spawn, stop
 from .test_api import add_req, can_bind, fd_count, fd_count_becomes, free_ports, remove_req, request
 
 FWDPEERS = str(pathlib.Path(__file__).with_name("fwdpeers.py"))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GATEWAY = "10.0.2.2"
 CHURN_BATCHES = 3
 CHURN_CONNECTIONS = 3000
 CHURN_MIN_RATIO = 0.8  # the last batch's rate against the first
-CHURN_QUIET_CPUS = 0.25  # other processes' load under which churn rates are comparable
 CHURN_BATCH_MAX_S = 30  # a batch takes 2-6 s; pytest's own timeout is 120 s for the test
 
 
@@ -125,39 +122,38 @@ def test_100_tcp_forwards_at_once(fwd, netns, servers):
     assert s.proc.poll() is None
 
 
-class OtherLoad:
-    """CPUs' worth of time that processes other than ours used over an interval.
+def churn_forward(start_slirpnet, ns, servers, sockdir: str):
+    """slirpnet (fd limit 1024, soft and hard: it cannot raise it) serving ``ns``, the
+    churn server in ``ns`` and one forward to it: (slirpnet, host port, its fd count)."""
+    path = os.path.join(sockdir, f"churn-{ns.pid}.sock")
+    s = start_slirpnet(
+        ["-c", "--api-socket", path, str(ns.pid), "tap0"], prefix=["prlimit", "--nofile=1024:1024", "--"]
+    )
+    servers(ns, "churn", 8000)
+    (hp,) = free_ports(1)
+    fds = fd_count(s.pid) + 1  # and the forward's listener (not the API connection, closed just after)
+    add(path, "tcp", hp, 8000)
+    return s, hp, fds
 
-    Busy time of all CPUs (user+nice+system in /proc/stat) minus the CPU time
-    of this process and of ``pids`` (slirpnet, the guest's server): on a
-    shared machine that is what makes a rate measured now differ from one
-    measured a few seconds ago."""
 
-    def __init__(self, pids: list[int]):
-        self.pids = pids
-        self.start()
-
-    @staticmethod
-    def _busy_s() -> float:
-        with open("/proc/stat") as f:
-            user, nice, system = (int(v) for v in f.readline().split()[1:4])
-        return (user + nice + system) / CLK_TCK
-
-    def _ours_s(self) -> float:
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        ticks = 0
-        for pid in self.pids:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime + stime
-        return me.ru_utime + me.ru_stime + ticks / CLK_TCK
-
-    def start(self) -> None:
-        self.t0, self.busy0, self.ours0 = time.monotonic(), self._busy_s(), self._ours_s()
-
-    def cpus(self) -> float:
-        elapsed = time.monotonic() - self.t0
-        return max(0.0, (self._busy_s() - self.busy0) - (self._ours_s() - self.ours0)) / elapsed
+def churn_batch(port: int, label: str) -> float:
+    """CHURN_CONNECTIONS connections to 127.0.0.1:port, one after another (connect,
+    1 byte each way, close): the rate, once all succeeded."""
+    failed = []
+    started = time.monotonic()
+    for i in range(CHURN_CONNECTIONS):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.sendall(b"x")
+                if c.recv(1) != b"y":
+                    failed.append((i, "no reply"))
+        except OSError as err:
+            failed.append((i, repr(err)))
+        if i % 300 == 299:
+            elapsed = time.monotonic() - started
+            assert elapsed < CHURN_BATCH_MAX_S, f"{label}: only {i + 1} connections in {elapsed:.0f} s"
+    assert not failed, f"{label}: {len(failed)} failed, first {failed[:3]}"
+    return CHURN_CONNECTIONS / (time.monotonic() - started)
 
 
 @pytest.mark.slow
@@ -169,51 +165,36 @@ def test_forward_churn_keeps_its_rate_and_no_fds(netns, start_slirpnet, sockdir,
     falls from ~3,500 to ~1,800 connections/s with a raised limit and collapses
     with errors under this one.)
 
-    Rates are wall-clock, so other work on the machine moves them (by ±40% on
-    a busy 2-CPU machine, in either direction).  The test measures how much CPU
-    other processes took during each batch and prints it with the rates; when
-    the rates miss the mark while others took more than CHURN_QUIET_CPUS, the
-    comparison says nothing and the test is skipped with the figures, instead
-    of failing.  Everything else is checked whatever the load."""
-    path = os.path.join(sockdir, "api.sock")
-    s = start_slirpnet(
-        ["-c", "--api-socket", path, str(netns.pid), "tap0"], prefix=["prlimit", "--nofile=1024:1024", "--"]
-    )
-    server = servers(netns, "churn", 8000)
-    (hp,) = free_ports(1)
-    baseline = fd_count(s.pid) + 1  # and the forward's listener (not the API connection, closed soon after)
-    add(path, "tcp", hp, 8000)
-    rates, others = [], []
+    Rates are wall-clock: on the 2-CPU VMs this runs on, slirpnet's CPU time
+    for the very same 3,000 connections (6 frames in, 5 out each) moves by
+    ±30% from one batch to the next with nothing else running, in plateaus of
+    seconds.  So when the last batch misses the mark, a control decides: a
+    batch through a fresh slirpnet, forward and server, then one more through
+    the worn one.  Unless the fresh one beats both of the worn one's last two
+    batches by the same margin, the machine slowed down, not slirpnet, and the
+    test is skipped with the figures; otherwise it fails.  Everything else is
+    checked whatever the timing."""
+    s, hp, fds = churn_forward(start_slirpnet, netns, servers, sockdir)
+    rates = []
     for batch in range(CHURN_BATCHES):
-        failed = []
-        load = OtherLoad([s.pid, server.pid])
-        started = time.monotonic()
-        for i in range(CHURN_CONNECTIONS):
-            try:
-                with socket.create_connection(("127.0.0.1", hp), timeout=10) as c:
-                    c.sendall(b"x")
-                    if c.recv(1) != b"y":
-                        failed.append((i, "no reply"))
-            except OSError as err:
-                failed.append((i, repr(err)))
-            if i % 300 == 299:
-                elapsed = time.monotonic() - started
-                assert elapsed < CHURN_BATCH_MAX_S, (
-                    f"batch {batch + 1}: only {i + 1} connections in {elapsed:.0f} s; rates so far {rates}"
-                )
-        rates.append(CHURN_CONNECTIONS / (time.monotonic() - started))
-        others.append(load.cpus())
-        assert not failed, f"batch {batch + 1}: {len(failed)} failed, first {failed[:3]}"
-        assert fd_count_becomes(s.pid, baseline) == baseline, f"batch {batch + 1} left fds open"
-    figures = (
-        f"forward churn: {' -> '.join(f'{r:.0f}' for r in rates)} connections/s"
-        f" (other processes used {' / '.join(f'{o:.2f}' for o in others)} CPUs)"
-    )
+        rates.append(churn_batch(hp, f"batch {batch + 1}"))
+        assert fd_count_becomes(s.pid, fds) == fds, f"batch {batch + 1} left fds open"
+    assert s.proc.poll() is None
+    figures = f"forward churn: {' -> '.join(f'{r:.0f}' for r in rates)} connections/s"
+    if rates[-1] < CHURN_MIN_RATIO * rates[0]:
+        fresh = Netns()
+        try:
+            control_s, control_hp, _ = churn_forward(start_slirpnet, fresh, servers, sockdir)
+            control = churn_batch(control_hp, "control")
+            control_s.close()
+        finally:
+            fresh.close()
+        again = churn_batch(hp, "batch 4")
+        figures += f"; then a fresh slirpnet: {control:.0f}, and this one again: {again:.0f}"
+        if max(rates[-1], again) >= CHURN_MIN_RATIO * control:
+            pytest.skip(f"the machine slowed down, not slirpnet: {figures}")
     with capsys.disabled():
         print("\n" + figures)
-    assert s.proc.poll() is None
-    if rates[-1] < CHURN_MIN_RATIO * rates[0] and max(others[0], others[-1]) > CHURN_QUIET_CPUS:
-        pytest.skip(f"the machine was too busy to compare rates: {figures}")
     assert rates[-1] >= CHURN_MIN_RATIO * rates[0], figures
 
 
