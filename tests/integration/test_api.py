@@ -3,8 +3,8 @@
 slirpnet runs as the unprivileged test user against a namespace the test made
 (``unshare -rn``); clients are raw sockets, ``ncat -U``, ``socat`` and
 ``slirpnet ctl``.  Forward listeners bind host ports on this machine's
-loopback/wildcard addresses: ports are picked free by the kernel first.  No
-traffic is carried *through* forwards here (that is the datapath's job);
+loopback/wildcard addresses: ports are picked free by the kernel first.
+Traffic through forwards is tests/integration/test_portfwd.py's subject; here
 connects only prove the listeners exist.  Where slirp4netns is installed, the
 same requests go to it and to slirpnet and the replies are compared.
 """
