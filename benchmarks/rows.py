@@ -153,7 +153,7 @@ class Row:
     def _start_slirpnet(self, topo, workdir, python) -> Running:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SLIRPNET_DATAPATH": self.variant,
                "PYTHONUNBUFFERED": "1"}
-        if self.variant == "native":
+        if self.variant.startswith("native"):
             # slirpnet falls back to the Python datapath, silently, when the native one cannot be
             # imported: a "native" row would then measure the python one.
             check = procs.run([python, "-c", "from slirp.datapath.native import NativeDatapath"], 30, env=env)
@@ -237,6 +237,9 @@ ROWS = [
         description="pasta's defaults, inbound from 127.0.0.1: spliced to the guest's loopback "
                     "(inbound only; outbound is the same TAP path as pasta-tap)"),
 ]
-EXTRA_ROWS: list[Row] = []  # rows run only when named with --only
+EXTRA_ROWS: list[Row] = [  # rows run only when named with --only
+    Row("slirpnet-native-sync", "slirpnet native sync", "slirpnet", variant="native-sync",
+        description="the C datapath without its thread, called from the event loop (SLIRPNET_DATAPATH=native-sync)"),
+]
 ALL_ROWS = {r.name: r for r in ROWS + EXTRA_ROWS}
 REFERENCE_ROW = "slirp4netns-65520"

@@ -40,13 +40,18 @@
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "slirpnet.h"
@@ -81,6 +86,20 @@
 #define PAWS_IDLE_S (24.0 * 86400.0)
 #define MAX_MAPS 16
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
+/* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
+#define FRAME_RECS_MAX (2 * sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + TAP_BUF_LEN + 16)
+#define EJECT_REC_MAX (sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + 8)
+#define FLUSH_RESERVE (SN_DP_TAP_READ_BUDGET * EJECT_REC_MAX)
+#define HOST_RECS_RESERVE (SN_DP_HOST_EVENTS_MAX * EJECT_REC_MAX)
+#define UDP_REC_MAX (sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_udp_datagram) + 65536 + 8)
+/* The thread's slow queue, and the room below which it stops reading until
+ * Python took the queue (a TAP batch, a batch of host events, timers). */
+#define QUEUE_CAP ((size_t)SN_DP_QUEUE_CAP)
+#define STALL_ROOM (FRAME_RECS_MAX + FLUSH_RESERVE + UDP_REC_MAX + HOST_RECS_RESERVE + \
+                    SN_DP_HOST_EVENTS_MAX * EJECT_REC_MAX)
+/* epoll tags of the thread's own fds in dp->ep (flows carry gen << 32 | slot) */
+#define TAG_TAP 0xffffffffu
+#define TAG_WAKE 0xfffffffeu
 
 enum { T_NONE = 0, T_RTX = 1, T_PERSIST = 2 };
 enum { P_TCP = 6, P_UDP = 17 };
@@ -154,6 +173,14 @@ struct sn_dp {
     uint64_t stats[SN_DP_S_COUNT];
     struct out out;
     uint8_t *rx, *tx, *scratch;
+    /* the datapath thread (sn_dp_start): everything above is guarded by mu
+     * once it runs; the thread holds mu only while it handles a batch */
+    pthread_mutex_t mu;
+    pthread_t thread;
+    int threaded, stop, stalled, notified, tap_gone;
+    int notify_efd, wake_efd;   /* thread -> Python: items queued; Python -> thread: drained / stop */
+    uint8_t *queue;             /* slow items waiting for sn_dp_take (records) */
+    size_t qlen;
 };
 
 static const char *const stat_names[SN_DP_S_COUNT] = {
@@ -165,7 +192,8 @@ static const char *const stat_names[SN_DP_S_COUNT] = {
     "dp.udp_too_big", "dp.udp_send_eagain", "dp.udp_send_errors",
     "dp.tap_write_eagain", "dp.tap_write_errors", "dp.ejected_segment",
     "dp.ejected_host_eof", "dp.ejected_host_error", "dp.ejected_timeout",
-    "dp.ejected_zero_window", "dp.ejected_requested",
+    "dp.ejected_zero_window", "dp.ejected_requested", "dp.queue_stalls",
+    "dp.records_lost",
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -309,8 +337,10 @@ static uint8_t *rec_begin(struct sn_dp *dp, uint32_t kind, uint64_t flow, uint32
 {
     struct out *o = &dp->out;
     size_t need = sizeof(struct sn_dp_rec) + len;
-    if (o->len + need > o->cap)
+    if (o->len + need > o->cap) {
+        dp->stats[SN_DP_S_RECORDS_LOST]++;
         return NULL;
+    }
     struct sn_dp_rec *r = (struct sn_dp_rec *)(o->buf + o->len);
     r->kind = kind;
     r->len = len;
@@ -913,6 +943,11 @@ static uint32_t udp_host_event(struct sn_dp *dp, struct flow *u, uint32_t events
     for (int i = 0; i < SN_DP_UDP_RECV_BUDGET; i++) {
         if (big >= SN_DP_UDP_BIG_MAX)
             break;
+        /* room for a too-big datagram and the other flows' records (only a
+         * thread's bounded queue can get this full; the socket is
+         * level-triggered, so what stays unread is an event again) */
+        if (dp->out.len + UDP_REC_MAX + HOST_RECS_RESERVE > dp->out.cap)
+            break;
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
         ssize_t n;
@@ -1150,6 +1185,8 @@ struct sn_dp *sn_dp_new(int tap_fd, int mtu, uint32_t max_flows, int peek_offset
     dp->peek_offset = peek_offset;
     dp->max_flows = max_flows;
     dp->timers = -1;
+    dp->notify_efd = dp->wake_efd = -1;
+    pthread_mutex_init(&dp->mu, NULL);
     uint32_t cap = 1;
     while (cap < 2 * max_flows)
         cap <<= 1;
@@ -1187,6 +1224,7 @@ void sn_dp_free(struct sn_dp *dp)
 {
     if (!dp)
         return;
+    sn_dp_stop(dp); /* the thread ends before anything it uses goes */
     if (dp->flows) {
         for (uint32_t i = 0; i < dp->max_flows; i++) {
             struct flow *f = &dp->flows[i];
@@ -1207,41 +1245,17 @@ void sn_dp_free(struct sn_dp *dp)
     free(dp->rx);
     free(dp->tx);
     free(dp->scratch);
+    free(dp->queue);
+    if (dp->notify_efd >= 0)
+        close(dp->notify_efd);
+    if (dp->wake_efd >= 0)
+        close(dp->wake_efd);
+    pthread_mutex_destroy(&dp->mu);
     free(dp);
 }
 
-int sn_dp_fileno(const struct sn_dp *dp) { return dp->ep; }
-
-int sn_dp_add_addr(struct sn_dp *dp, int which, const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
-{
-    struct addrmap *m;
-    uint32_t *n;
-    if (which == 0) {
-        m = dp->fwd;
-        n = &dp->nfwd;
-    } else if (which == 1) {
-        m = dp->rev;
-        n = &dp->nrev;
-    } else {
-        m = dp->slow;
-        n = &dp->nslow;
-        blen = 0;
-    }
-    if ((alen != 4 && alen != 16) || (which != 2 && blen != 4 && blen != 16))
-        return -EINVAL;
-    if (map_find(m, *n, a, alen))
-        return -EEXIST;
-    if (*n >= MAX_MAPS)
-        return -ENOSPC;
-    memset(&m[*n], 0, sizeof m[*n]);
-    memcpy(m[*n].a, a, alen);
-    m[*n].alen = alen;
-    if (blen)
-        memcpy(m[*n].b, b, blen);
-    m[*n].blen = blen;
-    (*n)++;
-    return 0;
-}
+/* The thread never runs while the (unlocked) setup calls run. */
+int sn_dp_fileno(const struct sn_dp *dp) { return dp->threaded ? dp->notify_efd : dp->ep; }
 
 static int32_t alloc_flow(struct sn_dp *dp, uint64_t id, const struct key *k, uint64_t kh, int fd, int *err)
 {
@@ -1281,7 +1295,7 @@ static int commit_flow(struct sn_dp *dp, int32_t idx, uint32_t events)
     return 0;
 }
 
-int sn_dp_install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
+static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
 {
     const struct sn_tcb *t = &s->tcb;
     if (t->snd_una != t->snd_nxt || t->snd_nxt != t->snd_max)
@@ -1344,7 +1358,7 @@ int sn_dp_install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
     return rc;
 }
 
-int sn_dp_install_udp(struct sn_dp *dp, const struct sn_udp_flow *s)
+static int install_udp(struct sn_dp *dp, const struct sn_udp_flow *s)
 {
     if (s->addr_len != 4 && s->addr_len != 16)
         return -EINVAL;
@@ -1372,37 +1386,50 @@ static void out_begin(struct sn_dp *dp, uint8_t *out, size_t cap)
     dp->out.len = 0;
 }
 
-long sn_dp_eject_tcp(struct sn_dp *dp, uint64_t flow, double now, uint8_t *out, size_t cap)
+static void lock(struct sn_dp *dp) { pthread_mutex_lock(&dp->mu); }
+static void unlock(struct sn_dp *dp) { pthread_mutex_unlock(&dp->mu); }
+
+static double mono_now(void)
 {
-    int32_t idx = find_id(dp, flow);
-    if (idx < 0 || dp->flows[idx].key.proto != P_TCP)
-        return -ENOENT;
-    out_begin(dp, out, cap);
-    eject(dp, &dp->flows[idx], SN_DP_R_REQUESTED, 0, now);
-    return (long)dp->out.len;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-int sn_dp_remove_udp(struct sn_dp *dp, uint64_t flow)
+/* The time of a call.  Synchronous: the caller's (the datapath reads no
+ * clock; tests drive it with a manual one).  Threaded: the thread's clock
+ * (CLOCK_MONOTONIC, the base of the event loop's time too), so that the
+ * timestamps the two threads put on frames never go backwards. */
+static double call_now(const struct sn_dp *dp, double now)
 {
-    int32_t idx = find_id(dp, flow);
-    if (idx < 0 || dp->flows[idx].key.proto != P_UDP)
-        return -ENOENT;
-    forget(dp, idx);
-    return 0;
+    return dp->threaded ? mono_now() : now;
 }
 
-int sn_dp_owns(const struct sn_dp *dp, uint64_t flow) { return find_id(dp, flow) >= 0; }
+/* ------------------------------------------------------------------ batches (both modes) */
 
-/* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
-#define FRAME_RECS_MAX (2 * sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + TAP_BUF_LEN + 16)
-#define FLUSH_RESERVE (SN_DP_TAP_READ_BUDGET * (sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + 8))
-
-long sn_dp_tap_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
+static void batch_begin(struct sn_dp *dp)
 {
-    out_begin(dp, out, cap);
     dp->batch++;
     dp->ntouched = 0;
+}
+
+static void batch_end(struct sn_dp *dp, double now)
+{
+    for (uint32_t i = 0; i < dp->ntouched; i++) {
+        struct flow *f = &dp->flows[dp->touched[i].idx];
+        if (f->used && f->gen == dp->touched[i].gen)
+            flush(dp, f, now);
+    }
+    dp->ntouched = 0;
+}
+
+/* Read the TAP into dp->out until EAGAIN, the budget, or too little room
+ * for the worst case of another frame.  Returns 0 or the errno of a failed
+ * read (counted). */
+static int tap_batch(struct sn_dp *dp, double now)
+{
     int err = 0;
+    batch_begin(dp);
     for (int i = 0; i < SN_DP_TAP_READ_BUDGET; i++) {
         if (dp->out.len + FRAME_RECS_MAX + FLUSH_RESERVE > dp->out.cap)
             break;
@@ -1423,15 +1450,8 @@ long sn_dp_tap_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
         dp->stats[SN_DP_S_TAP_FRAMES]++;
         frame_from_guest(dp, dp->rx, (size_t)n, now);
     }
-    for (uint32_t i = 0; i < dp->ntouched; i++) {
-        struct flow *f = &dp->flows[dp->touched[i].idx];
-        if (f->used && f->gen == dp->touched[i].gen)
-            flush(dp, f, now);
-    }
-    dp->ntouched = 0;
-    if (dp->out.len == 0 && err)
-        return -err;
-    return (long)dp->out.len;
+    batch_end(dp, now);
+    return err;
 }
 
 static void tcp_host_event(struct sn_dp *dp, struct flow *f, uint32_t events, double now)
@@ -1460,17 +1480,11 @@ static void tcp_host_event(struct sn_dp *dp, struct flow *f, uint32_t events, do
         flush(dp, f, now);
 }
 
-long sn_dp_host_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
+/* Service the flows of n epoll events, in flow-id order (the thread's own
+ * fds are not flows: their tags are beyond max_flows). */
+static void host_events(struct sn_dp *dp, const struct epoll_event *evs, int n, double now)
 {
-    out_begin(dp, out, cap);
-    struct epoll_event evs[SN_DP_HOST_EVENTS_MAX];
     struct ready rd[SN_DP_HOST_EVENTS_MAX];
-    int n;
-    do
-        n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, 0);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return -errno;
     int m = 0;
     for (int i = 0; i < n; i++) {
         uint32_t idx = (uint32_t)evs[i].data.u64, gen = (uint32_t)(evs[i].data.u64 >> 32);
@@ -1494,7 +1508,6 @@ long sn_dp_host_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
         else
             big = udp_host_event(dp, f, rd[i].aux, big);
     }
-    return (long)dp->out.len;
 }
 
 static int ready_by_id(const void *a, const void *b)
@@ -1503,9 +1516,8 @@ static int ready_by_id(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-long sn_dp_timers(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
+static void run_timers(struct sn_dp *dp, double now)
 {
-    out_begin(dp, out, cap);
     /* due flows in flow-id order (the armed list holds only flows with data
      * in flight or a closed window) */
     uint32_t n = 0;
@@ -1523,7 +1535,7 @@ long sn_dp_timers(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
         struct flow *f = &dp->flows[dp->due[k].idx];
         if (!f->used || f->gen != dp->due[k].aux || f->timer == T_NONE)
             continue;
-        if (dp->out.len + sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + 8 > dp->out.cap)
+        if (dp->out.len + EJECT_REC_MAX > dp->out.cap)
             break;
         struct sn_tcb *t = &f->t;
         int kind = f->timer;
@@ -1548,10 +1560,9 @@ long sn_dp_timers(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
         timer_set(dp, f, T_RTX, now + t->rto);
         flush(dp, f, now);
     }
-    return (long)dp->out.len;
 }
 
-double sn_dp_next_deadline(const struct sn_dp *dp)
+static double next_deadline(const struct sn_dp *dp)
 {
     double best = -1.0;
     for (int32_t i = dp->timers; i >= 0; i = dp->flows[i].tnext) {
@@ -1562,8 +1573,163 @@ double sn_dp_next_deadline(const struct sn_dp *dp)
     return best;
 }
 
+/* ------------------------------------------------------------------ API: control (locked) */
+
+int sn_dp_add_addr(struct sn_dp *dp, int which, const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
+{
+    struct addrmap *m;
+    uint32_t *n;
+    if (dp->threaded)
+        return -EBUSY;
+    if (which == 0) {
+        m = dp->fwd;
+        n = &dp->nfwd;
+    } else if (which == 1) {
+        m = dp->rev;
+        n = &dp->nrev;
+    } else {
+        m = dp->slow;
+        n = &dp->nslow;
+        blen = 0;
+    }
+    if ((alen != 4 && alen != 16) || (which != 2 && blen != 4 && blen != 16))
+        return -EINVAL;
+    if (map_find(m, *n, a, alen))
+        return -EEXIST;
+    if (*n >= MAX_MAPS)
+        return -ENOSPC;
+    memset(&m[*n], 0, sizeof m[*n]);
+    memcpy(m[*n].a, a, alen);
+    m[*n].alen = alen;
+    if (blen)
+        memcpy(m[*n].b, b, blen);
+    m[*n].blen = blen;
+    (*n)++;
+    return 0;
+}
+
+int sn_dp_install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
+{
+    lock(dp);
+    int rc = install_tcp(dp, s);
+    unlock(dp);
+    return rc;
+}
+
+int sn_dp_install_udp(struct sn_dp *dp, const struct sn_udp_flow *s)
+{
+    lock(dp);
+    int rc = install_udp(dp, s);
+    unlock(dp);
+    return rc;
+}
+
+long sn_dp_eject_tcp(struct sn_dp *dp, uint64_t flow, double now, uint8_t *out, size_t cap)
+{
+    lock(dp);
+    now = call_now(dp, now);
+    int32_t idx = find_id(dp, flow);
+    long rc = -ENOENT;
+    if (idx >= 0 && dp->flows[idx].key.proto == P_TCP) {
+        out_begin(dp, out, cap);
+        eject(dp, &dp->flows[idx], SN_DP_R_REQUESTED, 0, now);
+        rc = (long)dp->out.len;
+    }
+    unlock(dp);
+    return rc;
+}
+
+int sn_dp_remove_udp(struct sn_dp *dp, uint64_t flow)
+{
+    lock(dp);
+    int32_t idx = find_id(dp, flow);
+    int rc = -ENOENT;
+    if (idx >= 0 && dp->flows[idx].key.proto == P_UDP) {
+        forget(dp, idx);
+        rc = 0;
+    }
+    unlock(dp);
+    return rc;
+}
+
+int sn_dp_owns(struct sn_dp *dp, uint64_t flow)
+{
+    lock(dp);
+    int rc = find_id(dp, flow) >= 0;
+    unlock(dp);
+    return rc;
+}
+
+long sn_dp_inject(struct sn_dp *dp, const uint8_t *frame, size_t len, double now, uint8_t *out, size_t cap)
+{
+    if (len > TAP_BUF_LEN)
+        return -EMSGSIZE;
+    lock(dp);
+    now = call_now(dp, now);
+    out_begin(dp, out, cap);
+    memcpy(dp->rx, frame, len);
+    batch_begin(dp);
+    frame_from_guest(dp, dp->rx, len, now);
+    batch_end(dp, now);
+    long rc = (long)dp->out.len;
+    unlock(dp);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ API: synchronous mode */
+
+long sn_dp_tap_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
+{
+    lock(dp);
+    now = call_now(dp, now);
+    out_begin(dp, out, cap);
+    int err = tap_batch(dp, now);
+    long rc = (dp->out.len == 0 && err) ? -err : (long)dp->out.len;
+    unlock(dp);
+    return rc;
+}
+
+long sn_dp_host_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
+{
+    struct epoll_event evs[SN_DP_HOST_EVENTS_MAX];
+    lock(dp);
+    now = call_now(dp, now);
+    out_begin(dp, out, cap);
+    int n;
+    do
+        n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, 0);
+    while (n < 0 && errno == EINTR);
+    long rc = n < 0 ? -errno : 0;
+    if (n > 0)
+        host_events(dp, evs, n, now);
+    if (rc == 0)
+        rc = (long)dp->out.len;
+    unlock(dp);
+    return rc;
+}
+
+long sn_dp_timers(struct sn_dp *dp, double now, uint8_t *out, size_t cap)
+{
+    lock(dp);
+    now = call_now(dp, now);
+    out_begin(dp, out, cap);
+    run_timers(dp, now);
+    long rc = (long)dp->out.len;
+    unlock(dp);
+    return rc;
+}
+
+double sn_dp_next_deadline(struct sn_dp *dp)
+{
+    lock(dp);
+    double d = next_deadline(dp);
+    unlock(dp);
+    return d;
+}
+
 size_t sn_dp_take_activity(struct sn_dp *dp, uint64_t *out, size_t max)
 {
+    lock(dp);
     size_t k = 0;
     uint32_t i = 0;
     for (; i < dp->nactivity && k < max; i++) {
@@ -1576,9 +1742,199 @@ size_t sn_dp_take_activity(struct sn_dp *dp, uint64_t *out, size_t max)
     /* what did not fit stays for the next call */
     memmove(dp->activity, dp->activity + i, (dp->nactivity - i) * sizeof *dp->activity);
     dp->nactivity -= i;
+    unlock(dp);
     return k;
 }
 
-void sn_dp_stats(const struct sn_dp *dp, uint64_t *out) { memcpy(out, dp->stats, sizeof dp->stats); }
+void sn_dp_stats(struct sn_dp *dp, uint64_t *out)
+{
+    lock(dp);
+    memcpy(out, dp->stats, sizeof dp->stats);
+    unlock(dp);
+}
 
 const char *sn_dp_stat_name(int i) { return (i >= 0 && i < SN_DP_S_COUNT) ? stat_names[i] : NULL; }
+
+/* ------------------------------------------------------------------ the datapath thread
+ *
+ * One loop: epoll_wait over dp->ep, which then holds the TAP (tag TAG_TAP,
+ * level-triggered), the wake eventfd (TAG_WAKE) and the host sockets of the
+ * flows, with the earliest flow deadline as its timeout.  Each wake-up is
+ * one batch under mu: the TAP batch, the host events, the due timers — the
+ * same functions as the synchronous calls, writing their records into the
+ * queue.  When a batch queued something and Python has not been told yet,
+ * notify_efd is written; sn_dp_take hands the queue over.  With less than
+ * STALL_ROOM left in the queue the thread reads nothing (it waits for the
+ * wake eventfd only) until Python took the queue: back-pressure, never a
+ * silent drop (dp.queue_stalls counts it).  The thread blocks every signal
+ * (they are the Python thread's business) and never touches a Python
+ * object.
+ */
+
+static void efd_drain(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+}
+
+static void efd_kick(int fd)
+{
+    uint64_t one = 1;
+    while (write(fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+static void *dp_main(void *arg)
+{
+    struct sn_dp *dp = arg;
+    struct epoll_event evs[SN_DP_HOST_EVENTS_MAX];
+    lock(dp);
+    while (!dp->stop) {
+        double now = mono_now();
+        if (!dp->stalled && QUEUE_CAP - dp->qlen < STALL_ROOM) {
+            dp->stalled = 1;
+            dp->stats[SN_DP_S_QUEUE_STALLS]++;
+        }
+        int stalled = dp->stalled, timeout = -1;
+        double dl = next_deadline(dp);
+        if (dl >= 0)
+            timeout = dl <= now ? 0 : (int)ceil((dl - now) * 1000.0);
+        unlock(dp);
+        int n;
+        if (stalled) {
+            struct pollfd p = {.fd = dp->wake_efd, .events = POLLIN};
+            n = poll(&p, 1, -1);
+        } else {
+            n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, timeout);
+        }
+        lock(dp);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* a bug (EBADF): stop rather than spin */
+        }
+        if (stalled) {
+            efd_drain(dp->wake_efd);
+            continue;
+        }
+        now = call_now(dp, now);
+        size_t before = dp->qlen;
+        out_begin(dp, dp->queue + dp->qlen, QUEUE_CAP - dp->qlen);
+        int tap = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t tag = (uint32_t)evs[i].data.u64;
+            if (tag == TAG_TAP)
+                tap = 1;
+            else if (tag == TAG_WAKE)
+                efd_drain(dp->wake_efd);
+        }
+        if (tap) {
+            int err = tap_batch(dp, now);
+            if (err && err != ENOBUFS && err != ENOMEM) {
+                /* the TAP is unusable (e.g. EBADFD: the device went away):
+                 * stop watching it and tell Python once */
+                epoll_ctl(dp->ep, EPOLL_CTL_DEL, dp->tap, NULL);
+                uint8_t *body = rec_begin(dp, SN_DP_TAP_ERROR, 0, sizeof(int32_t));
+                if (body)
+                    memcpy(body, &err, sizeof err);
+                dp->tap_gone = 1;
+            }
+        }
+        host_events(dp, evs, n, now);
+        if (dl >= 0 && dl <= now)
+            run_timers(dp, now);
+        dp->qlen += dp->out.len;
+        if (dp->qlen != before && !dp->notified) {
+            dp->notified = 1;
+            efd_kick(dp->notify_efd);
+        }
+    }
+    unlock(dp);
+    return NULL;
+}
+
+int sn_dp_start(struct sn_dp *dp)
+{
+    if (dp->threaded)
+        return -EALREADY;
+    int err = 0;
+    dp->queue = malloc(QUEUE_CAP);
+    dp->notify_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    dp->wake_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!dp->queue || dp->notify_efd < 0 || dp->wake_efd < 0) {
+        err = dp->queue ? errno : ENOMEM;
+        goto fail;
+    }
+    struct epoll_event tev = {.events = EPOLLIN, .data.u64 = TAG_TAP};
+    struct epoll_event wev = {.events = EPOLLIN, .data.u64 = TAG_WAKE};
+    if (epoll_ctl(dp->ep, EPOLL_CTL_ADD, dp->tap, &tev) < 0) {
+        err = errno;
+        goto fail;
+    }
+    if (epoll_ctl(dp->ep, EPOLL_CTL_ADD, dp->wake_efd, &wev) < 0) {
+        err = errno;
+        epoll_ctl(dp->ep, EPOLL_CTL_DEL, dp->tap, NULL);
+        goto fail;
+    }
+    dp->qlen = 0;
+    dp->stop = dp->stalled = dp->notified = 0;
+    dp->threaded = 1;
+    /* the thread is born with every signal blocked */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    err = pthread_create(&dp->thread, NULL, dp_main, dp);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        dp->threaded = 0;
+        epoll_ctl(dp->ep, EPOLL_CTL_DEL, dp->tap, NULL);
+        epoll_ctl(dp->ep, EPOLL_CTL_DEL, dp->wake_efd, NULL);
+        goto fail;
+    }
+    return 0;
+fail:
+    free(dp->queue);
+    dp->queue = NULL;
+    if (dp->notify_efd >= 0)
+        close(dp->notify_efd);
+    if (dp->wake_efd >= 0)
+        close(dp->wake_efd);
+    dp->notify_efd = dp->wake_efd = -1;
+    return -err;
+}
+
+void sn_dp_stop(struct sn_dp *dp)
+{
+    if (!dp->threaded)
+        return;
+    lock(dp);
+    dp->stop = 1;
+    unlock(dp);
+    efd_kick(dp->wake_efd);
+    pthread_join(dp->thread, NULL);
+    dp->threaded = 0;
+    if (!dp->tap_gone)
+        epoll_ctl(dp->ep, EPOLL_CTL_DEL, dp->tap, NULL);
+    epoll_ctl(dp->ep, EPOLL_CTL_DEL, dp->wake_efd, NULL);
+}
+
+long sn_dp_take(struct sn_dp *dp, uint8_t *out, size_t cap)
+{
+    if (cap < QUEUE_CAP)
+        return -EINVAL;
+    lock(dp);
+    if (dp->notify_efd >= 0)
+        efd_drain(dp->notify_efd);
+    size_t n = dp->qlen;
+    if (n)
+        memcpy(out, dp->queue, n);
+    dp->qlen = 0;
+    dp->notified = 0;
+    if (dp->stalled) {
+        dp->stalled = 0;
+        efd_kick(dp->wake_efd);
+    }
+    unlock(dp);
+    return (long)n;
+}

@@ -46,8 +46,23 @@ uint16_t sn_csum_update32(uint16_t csum, uint32_t old_word, uint32_t new_word);
  *                       send_len unacknowledged bytes from fd (the flow is gone)
  *   SN_DP_UDP_DATAGRAM  struct sn_dp_udp_datagram, then the datagram
  *   SN_DP_UDP_ERROR     nothing
+ *   SN_DP_TAP_ERROR     int32 errno: the thread's TAP read failed for good
+ *                       (threaded mode only; the thread stopped reading it)
  * The record calls return the bytes of records written, or -errno (only
  * when no record was written).  `out` must hold SN_DP_OUT_MIN bytes.
+ *
+ * Two modes.  Synchronous (after sn_dp_new): the caller's event loop watches
+ * the TAP and sn_dp_fileno() (the host sockets' epoll set) and calls
+ * sn_dp_tap_readable / sn_dp_host_readable / sn_dp_timers, passing its
+ * clock.  Threaded (after sn_dp_start): a pthread of the datapath's own runs
+ * that loop (the TAP, the host sockets and the flow deadlines in one
+ * epoll_wait, its clock CLOCK_MONOTONIC) and queues the records in order
+ * (at most SN_DP_QUEUE_CAP bytes; when full, it stops reading until they
+ * are taken); sn_dp_fileno() is then an eventfd, readable when records wait,
+ * and sn_dp_take() hands them over.  Every call takes the datapath's mutex,
+ * which the thread holds only while it handles one batch; the `now` of a
+ * call is ignored in threaded mode.  sn_dp_add_addr only before the start.
+ * sn_dp_stop (and sn_dp_free) stop and join the thread.
  */
 enum {
     SN_DP_TAP_READ_BUDGET = 256,
@@ -57,6 +72,7 @@ enum {
     SN_DP_UDP_RECV_BUDGET = 64,
     SN_DP_UDP_BIG_MAX = 64,
     SN_DP_OUT_MIN = 24 * 1048576,
+    SN_DP_QUEUE_CAP = 8 * 1048576,
 };
 
 enum sn_dp_rec_kind {
@@ -64,6 +80,7 @@ enum sn_dp_rec_kind {
     SN_DP_EJECTED = 2,
     SN_DP_UDP_DATAGRAM = 3,
     SN_DP_UDP_ERROR = 4,
+    SN_DP_TAP_ERROR = 5,
 };
 
 /* Ejection reasons, in the order of slirp.datapath.EJECT_REASONS. */
@@ -89,6 +106,7 @@ enum sn_dp_stat {
     SN_DP_S_EJECTED_SEGMENT, SN_DP_S_EJECTED_HOST_EOF,
     SN_DP_S_EJECTED_HOST_ERROR, SN_DP_S_EJECTED_TIMEOUT,
     SN_DP_S_EJECTED_ZERO_WINDOW, SN_DP_S_EJECTED_REQUESTED,
+    SN_DP_S_QUEUE_STALLS, SN_DP_S_RECORDS_LOST,
     SN_DP_S_COUNT
 };
 
@@ -158,14 +176,24 @@ int sn_dp_install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *spec);
 int sn_dp_install_udp(struct sn_dp *dp, const struct sn_udp_flow *spec);
 long sn_dp_eject_tcp(struct sn_dp *dp, uint64_t flow, double now, uint8_t *out, size_t cap);
 int sn_dp_remove_udp(struct sn_dp *dp, uint64_t flow);
-int sn_dp_owns(const struct sn_dp *dp, uint64_t flow);
+int sn_dp_owns(struct sn_dp *dp, uint64_t flow);
+/* A guest frame handed back (e.g. one that reached netstack for a flow
+ * installed meanwhile): handled as if read from the TAP now. */
+long sn_dp_inject(struct sn_dp *dp, const uint8_t *frame, size_t len, double now,
+                  uint8_t *out, size_t cap);
 long sn_dp_tap_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap);
 long sn_dp_host_readable(struct sn_dp *dp, double now, uint8_t *out, size_t cap);
 long sn_dp_timers(struct sn_dp *dp, double now, uint8_t *out, size_t cap);
 /* The earliest timer, or a negative value when none is armed. */
-double sn_dp_next_deadline(const struct sn_dp *dp);
+double sn_dp_next_deadline(struct sn_dp *dp);
 size_t sn_dp_take_activity(struct sn_dp *dp, uint64_t *out, size_t max);
-void sn_dp_stats(const struct sn_dp *dp, uint64_t *out);
+void sn_dp_stats(struct sn_dp *dp, uint64_t *out);
+/* Threaded mode: 0 or -errno.  Start only once the process is confined
+ * (sandbox, seccomp): the thread inherits the filter. */
+int sn_dp_start(struct sn_dp *dp);
+void sn_dp_stop(struct sn_dp *dp);
+/* The queued records (cap >= SN_DP_QUEUE_CAP); clears fileno()'s readiness. */
+long sn_dp_take(struct sn_dp *dp, uint8_t *out, size_t cap);
 const char *sn_dp_stat_name(int i);
 
 #endif

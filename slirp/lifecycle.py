@@ -98,6 +98,9 @@ def serve(cfg: Config, child=None) -> int:
             return STATUS_SLIRPNET_FAILED
         return status
     probe = seccomp.probe_from_env() if cfg.enable_seccomp else None
+    # The native datapath's thread: after confine() (it inherits the filter;
+    # the sandbox needs a single-threaded process), before the ready byte.
+    driver.start_datapath()
 
     def ready() -> None:
         # Called by the running loop: signal handlers are live by now (uvloop

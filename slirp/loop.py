@@ -58,6 +58,7 @@ class FdKind(enum.Enum):
     HOST_UDP = "host_udp"
     HOST_PING = "host_ping"
     DATAPATH = "datapath"  # the datapath's epoll fd: host sockets of offloaded flows
+    DATAPATH_ITEMS = "datapath_items"  # the datapath thread's eventfd: slow items queued
     API_LISTENER = "api_listener"  # the API socket (slirp/api.py)
     API_CONN = "api_conn"  # an API client, readable: its one request
     API_REPLY = "api_reply"  # an API client, writable: the rest of a long reply
@@ -89,6 +90,7 @@ class Driver:
             FdKind.HOST_UDP: self.hostsocks.udp_readable_handler,
             FdKind.HOST_PING: self.hostsocks.ping_readable_handler,
             FdKind.DATAPATH: self.datapath_readable_handler,
+            FdKind.DATAPATH_ITEMS: self.datapath_items_handler,
             FdKind.API_LISTENER: self.api_listener_handler,
             FdKind.API_CONN: self.api_request_handler,
             FdKind.API_REPLY: self.api_reply_handler,
@@ -120,6 +122,28 @@ class Driver:
         self.loop.run_until_complete(
             self.loop.getnameinfo(("127.0.0.1", 0), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
         )
+
+    def start_datapath(self) -> None:
+        """Start the native datapath's own thread (threaded mode: it reads the
+        TAP and its host sockets itself and queues slow items for us).  Called
+        once the process is confined — the thread inherits the seccomp filter
+        and must not exist when the sandbox checks that we are single-threaded
+        — and before the ready byte.  Without it (python datapath,
+        SLIRPNET_DATAPATH=native-sync, or a failed start) everything runs in
+        this thread, synchronously."""
+        dp = self.offload.dp if self.offload is not None else None
+        if dp is None or not hasattr(dp, "start") or os.environ.get("SLIRPNET_DATAPATH") == "native-sync":
+            return
+        try:
+            dp.start()
+        except OSError as err:
+            self.counters.bump("datapath.thread_failed")
+            if not self.cfg.quiet:
+                sys.stderr.write(f"WARNING: datapath thread not started ({err.strerror or err}): running synchronously\n")
+
+    @property
+    def _threaded(self) -> bool:
+        return self.offload is not None and self.offload.dp.threaded
 
     # -- registration -------------------------------------------------------
 
@@ -217,9 +241,14 @@ class Driver:
         try:
             if not self._watch_exit_fd():
                 return self.finish(0)
-            self.watch(self.tap_fd, FdKind.TAP)
+            if self._threaded:
+                # the datapath thread reads the TAP; we hear of slow items only
+                self.watch(self.offload.dp.fileno(), FdKind.DATAPATH_ITEMS)
+            else:
+                self.watch(self.tap_fd, FdKind.TAP)
+                if self.offload is not None:
+                    self.watch(self.offload.dp.fileno(), FdKind.DATAPATH)
             if self.offload is not None:
-                self.watch(self.offload.dp.fileno(), FdKind.DATAPATH)
                 self.loop.call_later(ACTIVITY_REFRESH_S, self.activity_handler)
             if self.child is not None:
                 self.watch(self._pidfd, FdKind.CHILD)
@@ -233,9 +262,9 @@ class Driver:
                 self.loop.call_soon(on_running)
             self.loop.run_forever()
         finally:
-            self.close_edge()
             if self.offload is not None:
-                self.offload.dp.close()
+                self.offload.dp.close()  # the datapath thread stops and joins before any fd closes
+            self.close_edge()
             self.hostsocks.close_all()
             self.loop.close()
         return self.status
@@ -339,7 +368,7 @@ class Driver:
         self._timer_at = None
         now = self.loop.time()
         self.stack.poll(now)
-        if self.offload is not None:
+        if self.offload is not None and not self.offload.dp.threaded:
             self.offload.deliver(self.offload.dp.timers(now), now)
         self.flush()
 
@@ -352,6 +381,22 @@ class Driver:
             self.flush()
         else:
             self._datapath_only()
+
+    def datapath_items_handler(self) -> None:
+        """Threaded mode: the datapath thread queued slow items."""
+        now = self.loop.time()
+        items = self.offload.dp.take()
+        if items:
+            self.offload.deliver(items, now)
+            self.flush()
+
+    def tap_failed(self, err: int) -> None:
+        """The datapath thread could not read the TAP any more (the device
+        went away): nothing is left to serve."""
+        self.counters.bump("tap.gone" if err == errno.EBADFD else "tap.read_failed")
+        if not self.cfg.quiet:
+            sys.stderr.write(f"TAP read failed: {os.strerror(err)}\n")
+        self.stop(1)
 
     def _datapath_only(self) -> None:
         """The datapath handled everything itself: the stack has nothing new
@@ -411,7 +456,7 @@ class Driver:
         finally:
             self._flushing = False
         deadline = self._stack_deadline = self.stack.next_deadline()
-        if self.offload is not None:
+        if self.offload is not None and not self.offload.dp.threaded:
             dp_deadline = self.offload.dp.next_deadline()
             if dp_deadline is not None and (deadline is None or dp_deadline < deadline):
                 deadline = dp_deadline
@@ -468,10 +513,13 @@ class Driver:
 
 def make_offload(driver: Driver, cfg: Config, tap_fd: int) -> Offload | None:
     """The datapath named by $SLIRPNET_DATAPATH (native, python; ``off``: the
-    core moves every byte itself), wrapped for the Driver."""
+    core moves every byte itself; ``native-sync``: native without its thread),
+    wrapped for the Driver."""
     kind = os.environ.get("SLIRPNET_DATAPATH", "native")
     if kind == "off":
         return None
+    if kind == "native-sync":
+        kind = "native"
     plan = cfg.plan
     forward_map, slow_addrs = {}, set()
     # The router's link-local fe80::2 is the gateway too (netstack/policy.py).

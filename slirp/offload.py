@@ -25,7 +25,7 @@ from netstack import events as ev
 from netstack.tcp import EndpointExport, State
 from netstack.udp import UdpNatFlow
 
-from .datapath import Ejected, Frame, TcpFlow, UdpDatagram, UdpError, UdpFlow
+from .datapath import Ejected, Frame, TapError, TcpFlow, UdpDatagram, UdpError, UdpFlow
 
 ACTIVITY_REFRESH_S = 5.0
 
@@ -40,18 +40,32 @@ class Offload:
 
     # -- slow items -----------------------------------------------------------
 
-    def deliver(self, items: list, now: float) -> None:
+    def deliver(self, items: list, now: float, reinject: bool = True) -> None:
         stack = self.stack
+        tcp = stack.tcp
         for item in items:
             kind = type(item)
             if kind is Frame:
+                parked = tcp.parked_drops
                 stack.frame_from_guest(memoryview(item.data), now)
+                if tcp.parked_drops != parked:
+                    # A segment read before its flow was installed (the
+                    # datapath thread queued it while we parked the flow):
+                    # the datapath owns the flow now.  Once only: should
+                    # the datapath have ejected the flow meanwhile (its
+                    # Ejected item is still ahead of us), the segment is
+                    # dropped and the guest retransmits it.
+                    self.counters.bump("offload.reinjected" if reinject else "offload.parked_dropped")
+                    if reinject:
+                        self.deliver(self.dp.inject(item.data, now), now, False)
             elif kind is Ejected:
                 self._resume(item, now)
             elif kind is UdpDatagram:
                 stack.handle_event(ev.UdpReceived(item.flow, item.addr, item.port, item.data), now)
             elif kind is UdpError:
                 self.hostsocks.drain_udp_errors(item.flow)
+            elif kind is TapError:
+                self.driver.tap_failed(item.errno)
 
     def _resume(self, ej: Ejected, now: float) -> None:
         self.counters.bump(f"offload.ejected_{ej.reason}")

@@ -93,6 +93,7 @@ class TcpLayer:
         "_quotes",
         "_events",
         "offload_ready",
+        "parked_drops",
     )
 
     def __init__(
@@ -118,6 +119,9 @@ class TcpLayer:
         # Flows that just became offloadable (ESTABLISHED, idle): the edge may
         # park them for a datapath.  Cleared by whoever reads it.
         self.offload_ready: set[int] = set()
+        # Segments dropped because their flow was parked (``tcp.rx_parked``):
+        # the owner compares it across a frame to hand such a segment on.
+        self.parked_drops = 0
         self._events = {
             TcpConnected: self._connected,
             TcpConnectFailed: self._connect_failed,
@@ -254,6 +258,7 @@ class TcpLayer:
             ep = flow.endpoint
             if ep.parked:
                 counters.bump("tcp.rx_parked")
+                self.parked_drops += 1
                 return Disposition.DROPPED
             if ep.state is State.TIME_WAIT and flags & SYN and not flags & ACK and self._may_reuse(ep, h):
                 # RFC 9293 §3.6.1 / RFC 6191: a new incarnation ends TIME_WAIT

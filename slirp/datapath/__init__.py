@@ -58,6 +58,29 @@ reads a clock):
   idle timers must be refreshed); ``stats() -> dict[str, int]`` (the
   counters of STAT_NAMES); ``close()``.
 
+* ``inject(frame, now) -> list[item]``: a guest frame handed back, handled
+  as if it had just been read from the TAP (one frame's batch).  The edge
+  uses it for a slow Frame that reached netstack for a flow installed
+  meanwhile (netstack counts it ``tcp.rx_parked``): in threaded mode the
+  thread may read a flow's segment before the edge installs that flow.
+
+Threaded mode (native only): ``start()`` runs the same loop in a pthread of
+the datapath's own — one epoll_wait over the TAP, the host sockets and the
+flows' deadlines (its clock: CLOCK_MONOTONIC, the base of the event loop's
+time) — calling the same functions as the synchronous calls above.  From
+then on ``threaded`` is True, the edge no longer calls ``tap_readable``,
+``host_readable`` or ``timers`` nor watches the TAP, ``fileno()`` is an
+eventfd readable when slow items wait, and ``take() -> list[item]`` returns
+them in order (plus :class:`TapError` when the TAP cannot be read any more).
+The queue is bounded (SN_DP_QUEUE_CAP bytes of records): when it is nearly
+full the thread reads nothing until the edge took it (``dp.queue_stalls``;
+never a silent drop — ``dp.records_lost`` stays 0).  Every call takes the
+datapath's mutex, which the thread holds only while it handles one batch;
+the ``now`` passed to a call is ignored then.  Start it only once the
+process is confined (it inherits the seccomp filter; the sandbox needs a
+single-threaded process); ``close()`` stops and joins it before anything is
+freed.  The Python twin has no thread (``threaded`` is always False).
+
 The datapath never closes a host socket (the edge owns them) and never
 allocates Python objects in C.  While a flow is installed the edge neither
 reads nor watches its socket (it may still *send* on a UDP socket).
@@ -212,7 +235,7 @@ STAT_NAMES = (
     "dp.udp_send_errors",
     "dp.tap_write_eagain",
     "dp.tap_write_errors",
-) + tuple("dp.ejected_" + r for r in EJECT_REASONS)
+) + tuple("dp.ejected_" + r for r in EJECT_REASONS) + ("dp.queue_stalls", "dp.records_lost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +291,13 @@ class UdpDatagram:
 @dataclass(frozen=True, slots=True)
 class UdpError:
     flow: int
+
+
+@dataclass(frozen=True, slots=True)
+class TapError:
+    """Threaded mode: the datapath thread's TAP read failed for good (errno)."""
+
+    errno: int
 
 
 def read_send_bytes(fd: int, n: int, tcb: dict) -> bytes:

@@ -24,6 +24,7 @@ from . import (
     STAT_NAMES,
     Ejected,
     Frame,
+    TapError,
     TcpFlow,
     UdpDatagram,
     UdpError,
@@ -88,8 +89,22 @@ class NativeDatapath:
 
     # ------------------------------------------------------------------ api
 
+    threaded = False  # True once start() ran
+
     def fileno(self) -> int:
         return lib.sn_dp_fileno(self._dp)
+
+    def start(self) -> None:
+        """Run the datapath in its own thread from now on (see the contract)."""
+        _check(lib.sn_dp_start(self._dp), "start the datapath thread")
+        self.threaded = True
+
+    def take(self) -> list:
+        """Threaded mode: the slow items the thread queued, in order."""
+        return self._records(lib.sn_dp_take(self._dp, self._out, len(self._mm)))
+
+    def inject(self, frame: bytes, now: float) -> list:
+        return self._records(lib.sn_dp_inject(self._dp, frame, len(frame), now, self._out, len(self._mm)))
 
     def close(self) -> None:
         if self._dp is not None:
@@ -202,6 +217,8 @@ class NativeDatapath:
                 items.append(UdpDatagram(flow, addr[:alen], port, data))
             elif kind == lib.SN_DP_UDP_ERROR:
                 items.append(UdpError(flow))
+            elif kind == lib.SN_DP_TAP_ERROR:
+                items.append(TapError(struct.unpack_from("=i", mv, body)[0]))
             else:  # pragma: no cover - a C bug
                 raise RuntimeError(f"unknown datapath record kind {kind}")
             off = (body + length + 7) & ~7

@@ -186,6 +186,8 @@ class PythonDatapath:
 
     # ------------------------------------------------------------------ api
 
+    threaded = False  # the Python twin always runs synchronously in the caller's thread
+
     def fileno(self) -> int:
         return self._ep.fileno()
 
@@ -293,7 +295,7 @@ class PythonDatapath:
     def tap_readable(self, now: float) -> list:
         items = self._items = []
         self._batch += 1
-        touched = self._touched = []
+        self._touched = []
         fd = self._tap
         rx = self._rx
         stats = self._stats
@@ -312,15 +314,26 @@ class PythonDatapath:
                 break
             stats["dp.tap_frames"] += 1
             self._frame_from_guest(self._rxv[:n], now)
-        for f in touched:
-            if self._ids.get(f.flow) is f:
-                self._flush(f, now)
-        self._touched = []
+        self._batch_end(now)
         if not items and self._tap_error:
             err, self._tap_error = self._tap_error, 0
             raise OSError(err, os.strerror(err))
         self._tap_error = 0
         return items
+
+    def inject(self, frame: bytes, now: float) -> list:
+        items = self._items = []
+        self._batch += 1
+        self._touched = []
+        self._frame_from_guest(memoryview(bytes(frame)), now)
+        self._batch_end(now)
+        return items
+
+    def _batch_end(self, now: float) -> None:
+        for f in self._touched:
+            if self._ids.get(f.flow) is f:
+                self._flush(f, now)
+        self._touched = []
 
     def host_readable(self, now: float) -> list:
         items = self._items = []

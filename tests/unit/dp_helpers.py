@@ -357,6 +357,10 @@ class Twin:
                 s.to_tap(fr)
         return self._outputs(self.each(lambda s: s.dp.tap_readable(self.now)), "tap_readable")
 
+    def inject(self, frame: bytes):
+        """One frame handed back with inject().  Returns (items, frames to the guest)."""
+        return self._outputs(self.each(lambda s: s.dp.inject(frame, self.now)), "inject")
+
     def host_send(self, flow, data: bytes):
         for s in self.sides:
             s.conns[flow].peer.sendall(data)

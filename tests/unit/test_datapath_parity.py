@@ -114,6 +114,22 @@ def test_in_order_data_coalesced_into_one_ack(twin):
     assert twin.py.dp.stats()["dp.acks"] == 1
 
 
+def test_inject_is_one_frame_batch(twin):
+    g = established(twin)
+    items, frames = twin.inject(g.frame(ACK | PSH, b"handed back"))
+    assert items == [] and len(frames) == 1
+    assert parse_out(frames[0])["ack"] == 5001 + 11
+    assert twin.settle(1) == b"handed back"
+    # a frame for no installed flow comes straight back as a slow Frame
+    other = GuestTcp(gport=41000).frame(ACK | PSH, b"x")
+    items, frames = twin.inject(other)
+    assert items == [Frame(other)] and frames == []
+    # a FIN: the flow is ejected (its pending ACK first), then the FIN is slow
+    items, frames = twin.inject(g.frame(ACK | FIN))
+    assert [type(i) for i in items] == [Ejected, Frame] and items[0].reason == "segment"
+    assert twin.py.dp.stats()["dp.tap_frames"] == 0, "injected frames were not read from the TAP"
+
+
 @pytest.mark.parametrize("offload", ["csum", "none", "valid"])
 def test_super_frame_is_one_send(twin, offload):
     g = established(twin)
