@@ -136,6 +136,7 @@ class Row:
     mtu: int = 65520
     variant: str = ""         # pasta: tap | splice; slirpnet: native | python
     description: str = ""
+    env: dict = field(default_factory=dict)  # slirpnet: extra environment
 
     def start(self, topo: procs.Topology, workdir: pathlib.Path, python: str) -> Running:
         return getattr(self, f"_start_{self.kind}")(topo, workdir, python)
@@ -152,7 +153,7 @@ class Row:
 
     def _start_slirpnet(self, topo, workdir, python) -> Running:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SLIRPNET_DATAPATH": self.variant,
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **self.env}
         if self.variant.startswith("native"):
             # slirpnet falls back to the Python datapath, silently, when the native one cannot be
             # imported: a "native" row would then measure the python one.

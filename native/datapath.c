@@ -77,6 +77,9 @@
 #define GSO_TCPV4 1
 #define GSO_TCPV6 4
 #define GSO_UDP_L4 5
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
 #define TH_ACK 0x10
 #define TH_PSH 0x08
 #define HALF 0x80000000u
@@ -84,6 +87,7 @@
 #define RTO_MAX_S 60.0
 #define CLOCK_G_S 0.001
 #define PAWS_IDLE_S (24.0 * 86400.0)
+#define TIME_WAIT_S 2.0      /* netstack/tcp/config.py time_wait_s, and why */
 #define MAX_MAPS 16
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
 /* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
@@ -101,7 +105,7 @@
 #define TAG_TAP 0xffffffffu
 #define TAG_WAKE 0xfffffffeu
 
-enum { T_NONE = 0, T_RTX = 1, T_PERSIST = 2 };
+enum { T_NONE = 0, T_RTX = 1, T_PERSIST = 2, T_TIME_WAIT = 3 };
 enum { P_TCP = 6, P_UDP = 17 };
 
 struct key {
@@ -127,6 +131,10 @@ struct flow {
     int timer, retries, dupacks;
     double timer_at;
     uint8_t ack_pending, want_output, space_stale, watching_out, host_fin, kernel_peek;
+    /* closing (enum sn_dp_state): fin_seq valid once fin_sent; fd is -1 in
+     * TIME_WAIT (the edge closed the socket; only re-ACKs are left) */
+    uint8_t state, host_eof, fin_sent;
+    uint32_t fin_seq;
     uint32_t batch;
     int32_t tprev, tnext;       /* list of flows with an armed timer */
     uint8_t tmpl[VNET_LEN + ETH_LEN + 40 + 32];  /* headers toward the guest */
@@ -193,7 +201,9 @@ static const char *const stat_names[SN_DP_S_COUNT] = {
     "dp.tap_write_eagain", "dp.tap_write_errors", "dp.ejected_segment",
     "dp.ejected_host_eof", "dp.ejected_host_error", "dp.ejected_timeout",
     "dp.ejected_zero_window", "dp.ejected_requested", "dp.queue_stalls",
-    "dp.records_lost",
+    "dp.records_lost", "dp.fin_from_guest", "dp.fin_to_guest", "dp.rst_to_guest",
+    "dp.closed_fin", "dp.closed_reset", "dp.closed_host_reset",
+    "dp.time_wait_ended", "dp.time_wait_reused", "dp.rx_after_fin",
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -437,6 +447,8 @@ static void refresh_space(struct flow *f)
     uint32_t mi[SN_MEMINFO_VARS];
     socklen_t sl = sizeof mi;
     int64_t space = 0;
+    if (f->fd < 0) /* TIME_WAIT: the socket is gone; the last window stays */
+        return;
     memset(mi, 0, sizeof mi);
     if (getsockopt(f->fd, SOL_SOCKET, SO_MEMINFO, mi, &sl) == 0) {
         space = max64(0, (int64_t)mi[SN_MEMINFO_SNDBUF] - (int64_t)mi[SN_MEMINFO_WMEM_QUEUED]);
@@ -533,8 +545,9 @@ static void forget(struct sn_dp *dp, int32_t idx)
     table_del(dp, dp->by_key, idx, 1);
     table_del(dp, dp->by_id, idx, 0);
     timer_unlink(dp, idx);
-    epoll_ctl(dp->ep, EPOLL_CTL_DEL, f->fd, NULL);
-    if (f->key.proto == P_TCP && f->kernel_peek) {
+    if (f->fd >= 0)
+        epoll_ctl(dp->ep, EPOLL_CTL_DEL, f->fd, NULL);
+    if (f->key.proto == P_TCP && f->kernel_peek && f->fd >= 0) {
         int off = -1;
         setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
     }
@@ -556,9 +569,110 @@ static void eject(struct sn_dp *dp, struct flow *f, int reason, int err, double 
         e->reason = reason;
         e->err = err;
         e->fd = f->fd;
-        e->send_len = f->t.snd_max - f->t.snd_una;
+        e->send_len = f->t.snd_max - f->t.snd_una - (f->fin_sent && f->t.snd_max != f->t.snd_una);
+        e->state = f->state;
+        e->host_eof = f->host_eof;
     }
     forget(dp, (int32_t)(f - dp->flows));
+}
+
+/* ------------------------------------------------------------------ TCP: closing
+ *
+ * An installed flow may end here (netstack's rules, endpoint.py "Closing"):
+ * the guest's FIN, taken once every byte before it went to the host socket,
+ * becomes shutdown(SHUT_WR) and is ACKed; the host's EOF becomes our FIN
+ * once everything before it is acknowledged; the ACK of our FIN in LAST_ACK,
+ * or TIME_WAIT (TIME_WAIT_S, restarted by any retransmission from the guest),
+ * ends it.  An exact RST from the guest ends it at once (graceful when only
+ * our FIN was unacknowledged in CLOSING/LAST_ACK), a failed host socket
+ * sends RST|ACK <SEQ=SND.NXT, ACK=RCV.NXT> to the guest.  Each end is one
+ * Closed record; the flow's socket is the edge's to close from then on.  A
+ * TIME_WAIT flow keeps its slot without a socket (recycled first when the
+ * table is full, or when a new flow with its key is installed).
+ */
+
+static void closed(struct sn_dp *dp, struct flow *f, int how, int err)
+{
+    static const int stat[] = {SN_DP_S_CLOSED_FIN, SN_DP_S_CLOSED_RESET, SN_DP_S_CLOSED_HOST_RESET};
+    dp->stats[stat[how]]++;
+    struct sn_dp_closed *c = (struct sn_dp_closed *)rec_begin(dp, SN_DP_CLOSED, f->id, sizeof *c);
+    if (c) {
+        c->how = how;
+        c->err = err;
+        c->fd = f->fd;
+        c->pad = 0;
+    }
+}
+
+/* The connection is over: report it, and give the slot back. */
+static void close_flow(struct sn_dp *dp, struct flow *f, int how, int err)
+{
+    closed(dp, f, how, err);
+    forget(dp, (int32_t)(f - dp->flows));
+}
+
+static void enter_time_wait(struct sn_dp *dp, struct flow *f, double now)
+{
+    closed(dp, f, SN_DP_HOW_FIN, 0);
+    epoll_ctl(dp->ep, EPOLL_CTL_DEL, f->fd, NULL);
+    f->fd = -1;
+    f->state = SN_DP_TIME_WAIT;
+    f->want_output = 0;
+    f->watching_out = 0;
+    timer_set(dp, f, T_TIME_WAIT, now + TIME_WAIT_S);
+}
+
+static void send_rst(struct sn_dp *dp, struct flow *f)
+{
+    /* the template without options, window 0 (netstack's _send_rst) */
+    uint8_t *tx = dp->tx;
+    uint32_t l4 = f->l4off;
+    memcpy(tx, f->tmpl, l4 + 20);
+    uint8_t *ip = tx + L3;
+    if (f->v6) {
+        wr16(ip + 4, 20);
+    } else {
+        wr16(ip + 2, 40);
+        wr16(ip + 10, 0);
+        wr16(ip + 10, sn_checksum(ip, 20, 0));
+    }
+    uint8_t *th = tx + l4;
+    wr32(th + 4, f->t.snd_nxt);
+    wr32(th + 8, f->t.rcv_nxt);
+    th[12] = 5 << 4;
+    th[13] = TH_RST | TH_ACK;
+    wr16(th + 14, 0);
+    wr16(th + 16, fold16(f->pseudo + 20));
+    memset(tx, 0, VNET_LEN);
+    tx[0] = F_NEEDS_CSUM;
+    wr16le(tx + 6, (uint16_t)(l4 - VNET_LEN));
+    wr16le(tx + 8, 16);
+    tap_write(dp, l4 + 20);
+    dp->stats[SN_DP_S_RST_TO_GUEST]++;
+}
+
+/* The host socket failed: RST to the guest, the flow ends. */
+static void host_reset(struct sn_dp *dp, struct flow *f, int err)
+{
+    send_rst(dp, f);
+    close_flow(dp, f, SN_DP_HOW_HOST_RESET, err);
+}
+
+static void send_fin(struct sn_dp *dp, struct flow *f, double now)
+{
+    struct sn_tcb *t = &f->t;
+    tcp_frame(dp, f, now, t->snd_nxt, TH_ACK | TH_FIN, 0);
+    if (!f->fin_sent) {
+        f->fin_sent = 1;
+        f->fin_seq = t->snd_nxt;
+        f->state = f->state == SN_DP_CLOSE_WAIT ? SN_DP_LAST_ACK : SN_DP_FIN_WAIT_1;
+        dp->stats[SN_DP_S_FIN_TO_GUEST]++;
+    }
+    t->snd_nxt = f->fin_seq + 1;
+    t->snd_max = t->snd_nxt;
+    if (f->timer != T_RTX)
+        timer_set(dp, f, T_RTX, now + t->rto);
+    f->ack_pending = 0;
 }
 
 static void eject_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, double now)
@@ -613,15 +727,16 @@ static void rtt_sample(struct flow *f, double sample)
     t->rto = rto;
 }
 
-static void new_ack(struct sn_dp *dp, struct flow *f, uint32_t ack, uint32_t tsecr, double now)
+/* 0 if the flow ended (the ACK of our FIN in LAST_ACK) or entered TIME_WAIT. */
+static int new_ack(struct sn_dp *dp, struct flow *f, uint32_t ack, uint32_t tsecr, double now)
 {
     struct sn_tcb *t = &f->t;
-    uint32_t acked = ack - t->snd_una;
+    int fin_acked = f->fin_sent && ack == f->fin_seq + 1;
+    uint32_t acked = ack - t->snd_una - (uint32_t)fin_acked;
     /* drop the acknowledged bytes; the kernel moves the peek offset back */
-    ssize_t r;
-    do
-        r = recv(f->fd, dp->scratch, acked, MSG_TRUNC | MSG_DONTWAIT);
-    while (r < 0 && errno == EINTR);
+    ssize_t r = 0;
+    while (acked && (r = recv(f->fd, dp->scratch, acked, MSG_TRUNC | MSG_DONTWAIT)) < 0 && errno == EINTR)
+        ;
     t->snd_una = ack;
     if (seq_lt(t->snd_nxt, ack))
         t->snd_nxt = ack;
@@ -639,6 +754,22 @@ static void new_ack(struct sn_dp *dp, struct flow *f, uint32_t ack, uint32_t tse
         timer_set(dp, f, T_RTX, now + t->rto);
     }
     f->want_output = 1;
+    if (fin_acked) {
+        if (f->state == SN_DP_FIN_WAIT_1) {
+            f->state = SN_DP_FIN_WAIT_2;
+        } else if (f->state == SN_DP_CLOSING) {
+            if (f->ack_pending)
+                send_ack(dp, f, now);
+            enter_time_wait(dp, f, now);
+            return 0;
+        } else if (f->state == SN_DP_LAST_ACK) {
+            if (f->ack_pending)
+                send_ack(dp, f, now);
+            close_flow(dp, f, SN_DP_HOW_FIN, 0);
+            return 0;
+        }
+    }
+    return 1;
 }
 
 static void touch(struct sn_dp *dp, struct flow *f)
@@ -651,6 +782,29 @@ static void touch(struct sn_dp *dp, struct flow *f)
     }
 }
 
+/* A segment for a flow in TIME_WAIT (its socket is gone). */
+static void time_wait_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, uint8_t flags,
+                              uint32_t plen, double now)
+{
+    if (flags & TH_RST) {
+        dp->stats[SN_DP_S_TIME_WAIT_ENDED]++;
+        forget(dp, (int32_t)(f - dp->flows));
+        return;
+    }
+    if ((flags & (TH_SYN | TH_ACK)) == TH_SYN) {
+        /* a new incarnation (RFC 9293 §3.6.1): the flow is netstack's to open */
+        dp->stats[SN_DP_S_TIME_WAIT_REUSED]++;
+        forget(dp, (int32_t)(f - dp->flows));
+        slow_frame(dp, b, n, 0);
+        return;
+    }
+    if (plen || (flags & (TH_FIN | TH_SYN))) {
+        /* a retransmission: our last ACK was lost; stay (netstack restarts too) */
+        timer_set(dp, f, T_TIME_WAIT, now + TIME_WAIT_S);
+        send_ack(dp, f, now);
+    }
+}
+
 static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, size_t l4, uint32_t l4len,
                         uint32_t doff, double now)
 {
@@ -658,7 +812,23 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
     const uint8_t *th = b + l4;
     uint8_t flags = th[13];
     uint32_t tsval = 0, tsecr = 0;
-    if (flags != TH_ACK && flags != (TH_ACK | TH_PSH)) {
+    uint32_t plen = l4len - doff;
+    if (f->state == SN_DP_TIME_WAIT) {
+        time_wait_segment(dp, f, b, n, flags, plen, now);
+        return;
+    }
+    if (flags & TH_RST) {
+        /* RFC 5961 §3.2: only an exact RST ends the flow here; netstack
+         * challenges the others */
+        if ((flags & ~TH_ACK) == TH_RST && rd32(th + 4) == t->rcv_nxt) {
+            int graceful = (f->state == SN_DP_CLOSING || f->state == SN_DP_LAST_ACK) && t->snd_una == f->fin_seq;
+            close_flow(dp, f, graceful ? SN_DP_HOW_FIN : SN_DP_HOW_RESET, 0);
+        } else {
+            eject_segment(dp, f, b, n, now);
+        }
+        return;
+    }
+    if ((flags & ~(TH_PSH | TH_FIN)) != TH_ACK) {
         eject_segment(dp, f, b, n, now);
         return;
     }
@@ -676,7 +846,6 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
     touch(dp, f);
     uint32_t seq = rd32(th + 4), ack = rd32(th + 8);
     uint32_t wnd = (uint32_t)rd16(th + 14) << t->snd_wscale;
-    uint32_t plen = l4len - doff;
     /* 1. PAWS (RFC 7323 §5.3; a TS.Recent idle for 24 days is void, §5.5) */
     if (t->ts_ok && seq_lt(tsval, t->ts_recent) && now - t->ts_recent_at < PAWS_IDLE_S) {
         dp->stats[SN_DP_S_PAWS]++;
@@ -699,7 +868,7 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
         return;
     }
     if (ack == t->snd_una) {
-        int dup = plen == 0 && wnd == t->snd_wnd && t->snd_wnd > 0 && t->snd_max != t->snd_una;
+        int dup = plen == 0 && !(flags & TH_FIN) && wnd == t->snd_wnd && t->snd_wnd > 0 && t->snd_max != t->snd_una;
         update_window(f, seq, ack, wnd);
         if (dup && ++f->dupacks == 3) {
             dp->stats[SN_DP_S_FAST_RETRANSMITS]++;
@@ -707,13 +876,16 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
         }
     } else if (seq_gt(ack, t->snd_una)) {
         update_window(f, seq, ack, wnd);
-        new_ack(dp, f, ack, tsecr, now);
+        if (!new_ack(dp, f, ack, tsecr, now))
+            return;
     } else {
         update_window(f, seq, ack, wnd);
     }
-    /* 3. payload */
-    if (!plen)
+    /* 3. payload, then the FIN (sequence space: plen bytes, then the FIN) */
+    int fin = (flags & TH_FIN) != 0;
+    if (!plen && !fin)
         return;
+    int fin_taken = f->state == SN_DP_CLOSE_WAIT || f->state == SN_DP_CLOSING || f->state == SN_DP_LAST_ACK;
     uint32_t back = t->rcv_nxt - seq;
     size_t start = l4 + doff;
     if (back) {
@@ -722,33 +894,60 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
             send_ack(dp, f, now);
             return;
         }
-        if (back >= plen) {
+        if (back >= plen + (uint32_t)fin) {
             dp->stats[SN_DP_S_DUPLICATE]++;
             send_ack(dp, f, now);
             return;
         }
-        start += back;
+        if (back < plen)
+            start += back;
+        else
+            start = l4 + l4len; /* only the FIN is new */
+    }
+    if (fin_taken) {
+        /* after the guest's FIN nothing new can come */
+        dp->stats[SN_DP_S_RX_AFTER_FIN]++;
+        send_ack(dp, f, now);
+        return;
     }
     size_t len = l4 + l4len - start;
-    f->ack_pending = 1;
-    ssize_t w;
-    do
-        w = send(f->fd, b + start, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    while (w < 0 && errno == EINTR);
-    if (w < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            eject(dp, f, SN_DP_R_HOST_ERROR, errno, now);
-            return;
+    if (len) {
+        f->ack_pending = 1;
+        ssize_t w;
+        do
+            w = send(f->fd, b + start, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (w < 0 && errno == EINTR);
+        if (w < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                host_reset(dp, f, errno);
+                return;
+            }
+            w = 0;
         }
-        w = 0;
+        if (w) {
+            t->rcv_nxt += (uint32_t)w;
+            dp->stats[SN_DP_S_TCP_TO_HOST_BYTES] += (uint64_t)w;
+        }
+        f->space_stale = 1;
+        if ((size_t)w < len)
+            dp->stats[SN_DP_S_HOST_SHORT_WRITES]++;
     }
-    if (w) {
-        t->rcv_nxt += (uint32_t)w;
-        dp->stats[SN_DP_S_TCP_TO_HOST_BYTES] += (uint64_t)w;
+    /* the FIN, once every byte before it went to the host (else the guest
+     * retransmits the rest with it) */
+    if (fin && t->rcv_nxt == seq + plen) {
+        shutdown(f->fd, SHUT_WR);
+        t->rcv_nxt++;
+        dp->stats[SN_DP_S_FIN_FROM_GUEST]++;
+        f->ack_pending = 1;
+        if (f->state == SN_DP_ESTABLISHED) {
+            f->state = SN_DP_CLOSE_WAIT;
+        } else if (f->state == SN_DP_FIN_WAIT_1) {
+            f->state = SN_DP_CLOSING;
+        } else { /* FIN_WAIT_2 */
+            send_ack(dp, f, now);
+            enter_time_wait(dp, f, now);
+        }
     }
-    f->space_stale = 1;
-    if ((size_t)w < len)
-        dp->stats[SN_DP_S_HOST_SHORT_WRITES]++;
 }
 
 /* ------------------------------------------------------------------ TCP: host data to the guest */
@@ -765,6 +964,19 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
 {
     struct sn_tcb *t = &f->t;
     uint8_t *pay = dp->tx + f->l4off + f->tcp_hlen;
+    if (f->fin_sent) {
+        /* every byte was acknowledged before our FIN: only it can be due again */
+        if (t->snd_nxt == f->fin_seq)
+            send_fin(dp, f, now);
+        return 1;
+    }
+    if (f->host_eof && t->snd_nxt == t->snd_max) {
+        /* our FIN goes once everything before it is acknowledged (into a
+         * closed window too) */
+        if (t->snd_una == t->snd_max)
+            send_fin(dp, f, now);
+        return 1;
+    }
     for (;;) {
         int64_t off = (uint32_t)(t->snd_nxt - t->snd_una);
         int64_t n = min64(min64((int64_t)t->snd_wnd - off, SN_DP_INFLIGHT_MAX - off), f->max_payload);
@@ -790,12 +1002,14 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
-            eject(dp, f, SN_DP_R_HOST_ERROR, errno, now);
+            host_reset(dp, f, errno);
             return 0;
         }
         if (r == 0) {
-            eject(dp, f, SN_DP_R_HOST_EOF, 0, now);
-            return 0;
+            f->host_eof = 1;
+            if (t->snd_una == t->snd_nxt && t->snd_nxt == t->snd_max)
+                send_fin(dp, f, now);
+            return 1;
         }
         tcp_frame(dp, f, now, t->snd_nxt, TH_ACK | TH_PSH, (uint32_t)r);
         dp->stats[SN_DP_S_TCP_TO_GUEST_BYTES] += (uint64_t)r;
@@ -827,6 +1041,11 @@ static void watch(struct sn_dp *dp, struct flow *f, uint32_t events)
  * is nearly closed. */
 static void flush(struct sn_dp *dp, struct flow *f, double now)
 {
+    if (f->state == SN_DP_TIME_WAIT) {
+        if (f->ack_pending)
+            send_ack(dp, f, now);
+        return;
+    }
     if (f->t.host_space < f->rcv_wnd_max)
         f->space_stale = 1;
     if (f->want_output) {
@@ -836,7 +1055,8 @@ static void flush(struct sn_dp *dp, struct flow *f, double now)
     }
     if (f->ack_pending)
         send_ack(dp, f, now);
-    if (!f->watching_out && (int64_t)(uint32_t)(f->t.rcv_adv - f->t.rcv_nxt) < sws(f)) {
+    int fin_taken = f->state == SN_DP_CLOSE_WAIT || f->state == SN_DP_CLOSING || f->state == SN_DP_LAST_ACK;
+    if (!fin_taken && !f->watching_out && (int64_t)(uint32_t)(f->t.rcv_adv - f->t.rcv_nxt) < sws(f)) {
         f->watching_out = 1;
         watch(dp, f, EV_TCP_IN | EPOLLOUT);
     }
@@ -1257,11 +1477,33 @@ void sn_dp_free(struct sn_dp *dp)
 /* The thread never runs while the (unlocked) setup calls run. */
 int sn_dp_fileno(const struct sn_dp *dp) { return dp->threaded ? dp->notify_efd : dp->ep; }
 
+/* The TIME_WAIT flow whose time is nearest its end, or -1. */
+static int32_t oldest_time_wait(const struct sn_dp *dp)
+{
+    int32_t best = -1;
+    for (int32_t i = dp->timers; i >= 0; i = dp->flows[i].tnext)
+        if (dp->flows[i].timer == T_TIME_WAIT && (best < 0 || dp->flows[i].timer_at < dp->flows[best].timer_at))
+            best = i;
+    return best;
+}
+
 static int32_t alloc_flow(struct sn_dp *dp, uint64_t id, const struct key *k, uint64_t kh, int fd, int *err)
 {
-    if (find_id(dp, id) >= 0 || find_key(dp, k, kh) >= 0) {
+    int32_t old = find_key(dp, k, kh);
+    if (old >= 0 && dp->flows[old].state == SN_DP_TIME_WAIT && dp->flows[old].key.proto == P_TCP) {
+        /* a new incarnation of a key in TIME_WAIT (netstack opened it) */
+        dp->stats[SN_DP_S_TIME_WAIT_REUSED]++;
+        forget(dp, old);
+        old = -1;
+    }
+    if (find_id(dp, id) >= 0 || old >= 0) {
         *err = -EEXIST;
         return -1;
+    }
+    if (dp->nfree == 0 && (old = oldest_time_wait(dp)) >= 0) {
+        /* overflow policy: TIME_WAIT flows are recycled first (as netstack's) */
+        dp->stats[SN_DP_S_TIME_WAIT_ENDED]++;
+        forget(dp, old);
     }
     if (dp->nfree == 0) {
         *err = -ENOSPC;
@@ -1463,7 +1705,7 @@ static void tcp_host_event(struct sn_dp *dp, struct flow *f, uint32_t events, do
         socklen_t sl = sizeof soerr;
         getsockopt(f->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
         if (soerr) {
-            eject(dp, f, SN_DP_R_HOST_ERROR, soerr, now);
+            host_reset(dp, f, soerr);
             return;
         }
     }
@@ -1488,7 +1730,8 @@ static void host_events(struct sn_dp *dp, const struct epoll_event *evs, int n, 
     int m = 0;
     for (int i = 0; i < n; i++) {
         uint32_t idx = (uint32_t)evs[i].data.u64, gen = (uint32_t)(evs[i].data.u64 >> 32);
-        if (idx >= dp->max_flows || !dp->flows[idx].used || dp->flows[idx].gen != gen)
+        if (idx >= dp->max_flows || !dp->flows[idx].used || dp->flows[idx].gen != gen ||
+            dp->flows[idx].state == SN_DP_TIME_WAIT) /* an event from before its socket went */
             continue;
         struct ready r = {dp->flows[idx].id, (int32_t)idx, evs[i].events};
         int j = m++;
@@ -1501,7 +1744,7 @@ static void host_events(struct sn_dp *dp, const struct epoll_event *evs, int n, 
     uint32_t big = 0;
     for (int i = 0; i < m; i++) {
         struct flow *f = &dp->flows[rd[i].idx];
-        if (!f->used || f->id != rd[i].id)
+        if (!f->used || f->id != rd[i].id || f->state == SN_DP_TIME_WAIT)
             continue;
         if (f->key.proto == P_TCP)
             tcp_host_event(dp, f, rd[i].aux, now);
@@ -1540,6 +1783,11 @@ static void run_timers(struct sn_dp *dp, double now)
         struct sn_tcb *t = &f->t;
         int kind = f->timer;
         timer_set(dp, f, T_NONE, 0.0);
+        if (kind == T_TIME_WAIT) {
+            dp->stats[SN_DP_S_TIME_WAIT_ENDED]++;
+            forget(dp, (int32_t)(f - dp->flows));
+            continue;
+        }
         if (kind == T_PERSIST) {
             eject(dp, f, SN_DP_R_ZERO_WINDOW, 0, now);
             continue;
@@ -1551,7 +1799,7 @@ static void run_timers(struct sn_dp *dp, double now)
             eject(dp, f, SN_DP_R_TIMEOUT, 0, now);
             continue;
         }
-        if (t->snd_wnd == 0) {
+        if (t->snd_wnd == 0 && !f->fin_sent) {
             eject(dp, f, SN_DP_R_ZERO_WINDOW, 0, now);
             continue;
         }
@@ -1630,7 +1878,7 @@ long sn_dp_eject_tcp(struct sn_dp *dp, uint64_t flow, double now, uint8_t *out, 
     now = call_now(dp, now);
     int32_t idx = find_id(dp, flow);
     long rc = -ENOENT;
-    if (idx >= 0 && dp->flows[idx].key.proto == P_TCP) {
+    if (idx >= 0 && dp->flows[idx].key.proto == P_TCP && dp->flows[idx].state != SN_DP_TIME_WAIT) {
         out_begin(dp, out, cap);
         eject(dp, &dp->flows[idx], SN_DP_R_REQUESTED, 0, now);
         rc = (long)dp->out.len;
@@ -1655,7 +1903,8 @@ int sn_dp_remove_udp(struct sn_dp *dp, uint64_t flow)
 int sn_dp_owns(struct sn_dp *dp, uint64_t flow)
 {
     lock(dp);
-    int rc = find_id(dp, flow) >= 0;
+    int32_t idx = find_id(dp, flow);
+    int rc = idx >= 0 && dp->flows[idx].state != SN_DP_TIME_WAIT;
     unlock(dp);
     return rc;
 }

@@ -253,6 +253,10 @@ class Stack:
         self.tcp.resume(now, flow, export)
         self._drain_tcp()
 
+    def tcp_forget(self, flow: int) -> None:
+        """A TCP flow a datapath had ended there (see TcpLayer.forget)."""
+        self.tcp.forget(flow)
+
     def touch_flows(self, flow_ids, now: float) -> None:
         """These flows carried traffic the core did not see (a datapath moved
         it): refresh their idle timers."""

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import errno
 
+from netstack import actions as act
 from netstack import events as ev
 from netstack.tcp import EndpointExport, State
 from netstack.udp import UdpNatFlow
 
-from .datapath import Ejected, Frame, TapError, TcpFlow, UdpDatagram, UdpError, UdpFlow
+from .datapath import Closed, Ejected, Frame, TapError, TcpFlow, UdpDatagram, UdpError, UdpFlow
 
 ACTIVITY_REFRESH_S = 5.0
 
@@ -60,6 +61,8 @@ class Offload:
                         self.deliver(self.dp.inject(item.data, now), now, False)
             elif kind is Ejected:
                 self._resume(item, now)
+            elif kind is Closed:
+                self._closed(item)
             elif kind is UdpDatagram:
                 stack.handle_event(ev.UdpReceived(item.flow, item.addr, item.port, item.data), now)
             elif kind is UdpError:
@@ -71,7 +74,7 @@ class Offload:
         self.counters.bump(f"offload.ejected_{ej.reason}")
         export = EndpointExport(
             tcb=ej.tcb,
-            state=State.ESTABLISHED,
+            state=State[ej.state],
             send_bytes=ej.send_bytes,
             to_host=b"",
             host_eof=ej.host_eof,
@@ -85,6 +88,16 @@ class Offload:
             # The guest stopped acknowledging for MAX_RTO_RETRIES timeouts:
             # give up as a host failure would (RST toward the guest, close).
             self.stack.handle_event(ev.TcpHostReset(ej.flow, errno.ETIMEDOUT), now)
+
+    def _closed(self, item: Closed) -> None:
+        """The connection ended in the datapath: netstack forgets the flow,
+        the edge closes the socket (RST toward the host for a guest reset)."""
+        self.counters.bump(f"offload.closed_{item.how}")
+        try:
+            self.stack.tcp_forget(item.flow)
+        except KeyError:
+            self.counters.bump("offload.closed_unknown")
+        self.hostsocks.close_tcp(act.CloseTcp(item.flow, item.how == "reset"))
 
     # -- installing -----------------------------------------------------------
 

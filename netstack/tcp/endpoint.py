@@ -119,6 +119,11 @@ T_PERSIST = 2  # zero window, nothing outstanding, something to send
 T_CONNECT = 3  # CONNECTING: the host connect may never complete
 T_TIME_WAIT = 4
 
+# What import_ accepts from another owner, and the states in which our FIN is out.
+_IMPORTABLE = frozenset(
+    {State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK}
+)
+_FIN_SENT = frozenset({State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK})
 _OUTPUT_STATES = frozenset({State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 
 
@@ -1255,12 +1260,19 @@ class TcpEndpoint:
         )
 
     def import_(self, now: float, exp: EndpointExport) -> None:
-        """Resume an ESTABLISHED connection from an export (possibly advanced by
-        its other owner).  Raises ValueError if the export is inconsistent."""
-        if exp.state is not State.ESTABLISHED or self.state not in (State.CLOSED, State.ESTABLISHED):
-            raise ValueError("only ESTABLISHED connections can be imported")
+        """Resume a connection from an export (possibly advanced by its other
+        owner, which may have taken it into a closing state: the guest's FIN
+        taken — rcv_nxt covers it and the host socket is shut down — and/or
+        our FIN sent, as the last sequence number, after the host's EOF).
+        Raises ValueError if the export is inconsistent."""
+        if exp.state not in _IMPORTABLE or self.state not in (State.CLOSED, State.ESTABLISHED):
+            raise ValueError(f"cannot import a connection in {exp.state.name}")
         t = Tcb.from_dict(exp.tcb)
-        in_flight = sub(t.snd_max, t.snd_una)
+        fin_sent = exp.state in _FIN_SENT
+        fin_out = fin_sent and exp.state is not State.FIN_WAIT_2  # our FIN not yet acknowledged
+        if fin_sent and (len(exp.send_bytes) or not exp.host_eof):
+            raise ValueError("our FIN went out after the last byte, on the host's EOF")
+        in_flight = sub(t.snd_max, t.snd_una) - fin_out
         if not (le(t.snd_una, t.snd_nxt) and le(t.snd_nxt, t.snd_max)):
             raise ValueError("inconsistent send sequence space")
         if in_flight > len(exp.send_bytes) or len(exp.send_bytes) > self.cfg.snd_buf_max:
@@ -1269,6 +1281,9 @@ class TcpEndpoint:
             raise ValueError("to_host exceeds the receive buffer")
         if self.state is State.CLOSED:
             self.set_state(State.ESTABLISHED)
+        if exp.state is not State.ESTABLISHED:
+            # a hand-off, not a transition: the other owner made the moves
+            self.state = exp.state
         self.tcb = t
         self._derive()
         self._snd.clear()
@@ -1289,7 +1304,9 @@ class TcpEndpoint:
         self._rtt_seq = None
         self._retries = 0
         self._fin_pending = False
-        self._fin_sent = False
+        self._fin_sent = fin_sent
+        if fin_sent:
+            self._fin_seq = (t.snd_max - 1) & MASK if fin_out else (t.snd_una - 1) & MASK
         self._reorder.clear()
         self.parked = False
         self._set_timer(T_NONE, 0.0)

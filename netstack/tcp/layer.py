@@ -445,6 +445,17 @@ class TcpLayer:
         self.table.set_deadline(flow, None)
         return exp
 
+    def forget(self, flow_id: int) -> None:
+        """A parked flow ended with its other owner (the datapath closed the
+        connection; the edge closes the socket): drop it from the table.
+        Raises KeyError for a flow that is not parked."""
+        flow = self.table.get(flow_id)
+        if flow is None or flow.key.proto != PROTO_TCP or not flow.endpoint.parked:
+            raise KeyError(flow_id)
+        self.table.remove(flow)
+        self._quotes.pop(flow_id, None)
+        self.counters.bump("tcp.closed_by_datapath")
+
     def resume(self, now: float, flow_id: int, exp: EndpointExport) -> None:
         """Take a parked flow back from an export (its TCB possibly advanced)."""
         flow = self.table.get(flow_id)

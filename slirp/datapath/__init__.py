@@ -94,12 +94,18 @@ Slow items, in the order they happened:
 * :class:`Ejected` — a TCP flow given back: the edge resumes it in netstack
   *before* handling any later item.  A pending ACK is sent before the flow
   is ejected.  ``reason``: ``segment`` (the next item is the guest segment
-  the fast path does not take: SYN/FIN/RST/URG/ECE/CWR, options other than
-  the timestamp block, an ACK older than RFC 5961 §5.2 allows), ``host_eof``,
-  ``host_error`` (``errno`` set: a failed send, a failed peek, or EPOLLERR
-  with SO_ERROR), ``timeout`` (retransmission limit), ``zero_window`` (the
-  guest's window stayed closed for an RTO: netstack probes), ``requested``
-  (eject_tcp);
+  the fast path does not take: SYN, URG/ECE/CWR, no ACK, a RST not exactly
+  at rcv_nxt, options other than the timestamp block, an ACK older than
+  RFC 5961 §5.2 allows), ``timeout`` (retransmission limit), ``zero_window``
+  (the guest's window stayed closed for an RTO: netstack probes),
+  ``requested`` (eject_tcp).  (``host_eof`` and ``host_error`` are no longer
+  produced: see "Closing".)  ``state`` is the flow's netstack.tcp.State
+  name — a flow may be ejected while closing (CLOSE_WAIT, FIN_WAIT_1/2,
+  CLOSING, LAST_ACK; netstack's import_ takes those) — and ``host_eof``
+  says the host's EOF was seen (our FIN is sent or due);
+* :class:`Closed` — the connection ended in the datapath (see "Closing"):
+  netstack forgets the flow (``TcpLayer.forget``), the edge closes the
+  socket, with RST when ``how`` is ``reset``;
 * :class:`UdpDatagram` — a host datagram too big for one frame (netstack
   fragments it); ``addr``/``port`` are the host source as the socket
   reported it (not mapped: netstack's UdpReceived).  At most UDP_BIG_MAX per
@@ -134,7 +140,7 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
    rcv_nxt too; nothing is trimmed to the window): written to the host
    socket (send, MSG_DONTWAIT|MSG_NOSIGNAL); rcv_nxt advances by what it
    took (forwarder rule: only that is ACKed); EAGAIN takes nothing;
-   EPIPE/ECONNRESET/other errors → Ejected(host_error).  Out of order → ACK,
+   EPIPE/ECONNRESET/other errors → host reset (see "Closing").  Out of order → ACK,
    drop (``dp.out_of_order``); entirely old → ACK, drop (``dp.duplicate``).
    A segment with payload at or across rcv_nxt marks the flow ACK-pending.
    The ACKs of rules 1–3 go out at once (they are the duplicate ACKs the
@@ -160,8 +166,8 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
    headers), build one frame (ACK|PSH, gso_size = MSS − 12 with timestamps,
    NEEDS_CSUM) and write it.  A short peek ends the round unless the host
    has shut down its side (EPOLLRDHUP seen), when peeking goes on to find
-   the end.  Peek returns 0 → Ejected(host_eof) (the fallback sees EOF only
-   once nothing is in flight).  Host sockets are watched edge-triggered
+   the end.  Peek returns 0: the host's EOF (the fallback sees it only once
+   nothing is in flight), see "Closing".  Host sockets are watched edge-triggered
    (EPOLLIN|EPOLLRDHUP|EPOLLET): new host data is an event; data that waits
    for the guest's window is picked up by the ACK that opens it.  Closed
    window with nothing in flight and host data (FIONREAD) or EOF waiting →
@@ -170,6 +176,31 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
 6. RTO expiry with data in flight: go-back-N, RTO doubled (≤ 60 s); the
    MAX_RTO_RETRIES-th consecutive expiry → Ejected(timeout) instead; an
    expiry while the guest's window is closed → Ejected(zero_window).
+Closing (netstack's rules, netstack/tcp/endpoint.py "Closing"; the fast
+path takes exactly ACK, ACK|PSH, and those with FIN, plus RST):
+* the guest's FIN is taken once every byte before it went to the host
+  socket (else the guest retransmits the rest with it): shutdown(SHUT_WR),
+  rcv_nxt covers it, it is ACKed with the batch (ESTABLISHED → CLOSE_WAIT,
+  FIN_WAIT_1 → CLOSING, FIN_WAIT_2 → TIME_WAIT).  Data after it is ACKed
+  and dropped (``dp.rx_after_fin``), a retransmitted FIN is a duplicate;
+* the host's EOF (peek returns 0) becomes our FIN once every byte before it
+  is acknowledged — into a closed window too — retransmitted like data
+  (ESTABLISHED → FIN_WAIT_1, CLOSE_WAIT → LAST_ACK); its ACK moves
+  FIN_WAIT_1 → FIN_WAIT_2, CLOSING → TIME_WAIT, and ends LAST_ACK:
+  Closed(fin);
+* TIME_WAIT: Closed(fin) at once (the socket is the edge's to close); the
+  flow keeps its slot without a socket for TIME_WAIT_S, restarted by a
+  retransmission from the guest (re-ACKed); a RST ends it silently, a SYN
+  too and the SYN is a slow Frame (a new incarnation: netstack's).  An
+  install with its key, or into a full table, recycles a TIME_WAIT flow
+  first (``dp.time_wait_reused`` / ``dp.time_wait_ended``);
+* a RST from the guest exactly at rcv_nxt (RFC 5961 §3.2) ends the flow:
+  Closed(reset), or Closed(fin) in CLOSING/LAST_ACK when only our FIN was
+  unacknowledged;
+* a failed host socket (send, peek, EPOLLERR with SO_ERROR): RST|ACK
+  <SEQ=SND.NXT, ACK=RCV.NXT>, window 0, no options, to the guest;
+  Closed(host_reset, errno).
+
 Frames toward the guest: vnet header as netstack/frames.py builds it
 (NEEDS_CSUM with the folded pseudo-header seed, GSO TCPV4/TCPV6 when the
 payload exceeds gso_size, hdr_len = all headers then), IPv4 with DF, TTL 64
@@ -207,8 +238,10 @@ RTO_MIN_S = 0.2
 RTO_MAX_S = 60.0
 CLOCK_GRANULARITY_S = 0.001
 PAWS_IDLE_S = 24 * 86400
+TIME_WAIT_S = 2.0  # netstack/tcp/config.py time_wait_s (and why)
 
 EJECT_REASONS = ("segment", "host_eof", "host_error", "timeout", "zero_window", "requested")
+CLOSE_HOWS = ("fin", "reset", "host_reset")  # native/slirpnet.h enum sn_dp_how
 
 # The counters of stats(), in the order of native/slirpnet.h's enum sn_dp_stat.
 STAT_NAMES = (
@@ -235,7 +268,17 @@ STAT_NAMES = (
     "dp.udp_send_errors",
     "dp.tap_write_eagain",
     "dp.tap_write_errors",
-) + tuple("dp.ejected_" + r for r in EJECT_REASONS) + ("dp.queue_stalls", "dp.records_lost")
+) + tuple("dp.ejected_" + r for r in EJECT_REASONS) + (
+    "dp.queue_stalls",
+    "dp.records_lost",
+    "dp.fin_from_guest",
+    "dp.fin_to_guest",
+    "dp.rst_to_guest",
+) + tuple("dp.closed_" + h for h in CLOSE_HOWS) + (
+    "dp.time_wait_ended",
+    "dp.time_wait_reused",
+    "dp.rx_after_fin",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +321,19 @@ class Ejected:
     tcb: dict
     send_bytes: bytes
     host_eof: bool
+    state: str = "ESTABLISHED"  # a netstack.tcp.State name (never TIME_WAIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The connection ended in the datapath: netstack forgets the flow, the
+    edge closes its socket (with RST for ``reset``).  ``how``: ``fin`` (both
+    FINs done), ``reset`` (the guest reset it), ``host_reset`` (the host
+    socket failed with ``errno``; the guest got a RST)."""
+
+    flow: int
+    how: str
+    errno: int
 
 
 @dataclass(frozen=True, slots=True)

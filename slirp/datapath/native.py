@@ -20,7 +20,9 @@ import struct
 from slirp._native import ffi, lib
 
 from . import (
+    CLOSE_HOWS,
     EJECT_REASONS,
+    Closed,
     STAT_NAMES,
     Ejected,
     Frame,
@@ -39,6 +41,8 @@ _TCB_U32 = (
     "rcv_nxt", "rcv_adv", "rcv_wscale", "mss", "ts_recent", "ts_offset",
 )  # fmt: skip
 _TCB_OTHER = ("cwnd", "ssthresh", "host_space", "ts_recent_at", "srtt", "rttvar", "rto")
+
+_STATES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT")
 
 _names = tuple(ffi.string(lib.sn_dp_stat_name(i)).decode() for i in range(lib.SN_DP_S_COUNT))
 if _names != STAT_NAMES:  # the header and the Python list must agree
@@ -217,6 +221,9 @@ class NativeDatapath:
                 items.append(UdpDatagram(flow, addr[:alen], port, data))
             elif kind == lib.SN_DP_UDP_ERROR:
                 items.append(UdpError(flow))
+            elif kind == lib.SN_DP_CLOSED:
+                how, err = struct.unpack_from("=ii", mv, body)
+                items.append(Closed(flow, CLOSE_HOWS[how], err))
             elif kind == lib.SN_DP_TAP_ERROR:
                 items.append(TapError(struct.unpack_from("=i", mv, body)[0]))
             else:  # pragma: no cover - a C bug
@@ -233,4 +240,4 @@ class NativeDatapath:
             tcb[name] = getattr(t, name)
         reason = EJECT_REASONS[e.reason]
         send_bytes = read_send_bytes(e.fd, e.send_len, tcb)
-        return Ejected(flow, reason, e.err, tcb, send_bytes, reason == "host_eof")
+        return Ejected(flow, reason, e.err, tcb, send_bytes, bool(e.host_eof), _STATES[e.state])

@@ -43,6 +43,8 @@ from . import (
     UDP_RECV_BUDGET,
     CLOCK_GRANULARITY_S,
     STAT_NAMES,
+    TIME_WAIT_S,
+    Closed,
     Ejected,
     Frame,
     TcpFlow,
@@ -69,6 +71,9 @@ GSO_NONE = 0
 GSO_TCPV4 = 1
 GSO_TCPV6 = 4
 GSO_UDP_L4 = 5
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
 ACK = 0x10
 PSH = 0x08
 TS_BLOCK = b"\x01\x01\x08\x0a"
@@ -77,7 +82,12 @@ EP_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 EP_OUT = select.EPOLLOUT
 EP_UDP = select.EPOLLIN
 
-T_NONE, T_RTX, T_PERSIST = 0, 1, 2
+T_NONE, T_RTX, T_PERSIST, T_TIME_WAIT = 0, 1, 2, 3
+
+# TCP states of an installed flow (native/slirpnet.h enum sn_dp_state)
+ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, TIME_WAIT = range(7)
+STATE_NAMES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT")
+_FIN_TAKEN = (CLOSE_WAIT, CLOSING, LAST_ACK)
 
 _VNET = struct.Struct("<BBHHHH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -114,6 +124,7 @@ class _Tcp:
         "rcv_wnd_max", "our_mss", "eff_mss", "max_payload", "l4off", "tcp_hlen", "pseudo",
         "timer", "timer_at", "retries", "dupacks", "ack_pending", "want_output", "space_stale",
         "space_max", "watching_out", "host_fin", "kernel_peek", "batch",
+        "state", "host_eof", "fin_sent", "fin_seq",
     )  # fmt: skip
 
 
@@ -197,7 +208,8 @@ class PythonDatapath:
         self._ep.close()
 
     def owns(self, flow: int) -> bool:
-        return flow in self._ids
+        f = self._ids.get(flow)
+        return f is not None and not (type(f) is _Tcp and f.state == TIME_WAIT)
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
@@ -245,6 +257,7 @@ class PythonDatapath:
         f.space_stale = True
         f.space_max = max(0, f.host_space)
         f.watching_out = f.host_fin = False
+        f.state, f.host_eof, f.fin_sent, f.fin_seq = ESTABLISHED, False, False, 0
         f.batch = -1
         f.sock = socket.socket(fileno=f.fd)
         f.kernel_peek = False
@@ -279,7 +292,7 @@ class PythonDatapath:
 
     def eject_tcp(self, flow: int, now: float) -> Ejected:
         f = self._ids.get(flow)
-        if type(f) is not _Tcp:
+        if type(f) is not _Tcp or f.state == TIME_WAIT:
             raise KeyError(flow)
         self._items = []
         self._eject(f, "requested", 0, now)
@@ -364,6 +377,10 @@ class PythonDatapath:
                 continue
             kind = f.timer
             f.timer = T_NONE
+            if kind == T_TIME_WAIT:
+                self._stats["dp.time_wait_ended"] += 1
+                self._forget(f)
+                continue
             if kind == T_PERSIST:
                 self._eject(f, "zero_window", 0, now)
                 continue
@@ -374,7 +391,7 @@ class PythonDatapath:
             if f.retries >= MAX_RTO_RETRIES:
                 self._eject(f, "timeout", 0, now)
                 continue
-            if f.snd_wnd == 0:
+            if f.snd_wnd == 0 and not f.fin_sent:
                 self._eject(f, "zero_window", 0, now)
                 continue
             f.rto = min(f.rto * 2, RTO_MAX_S)
@@ -386,10 +403,20 @@ class PythonDatapath:
     # ------------------------------------------------------------------ table
 
     def _check_new(self, flow: int, fd: int, key: tuple) -> None:
+        old = self._keys.get(key)
+        if type(old) is _Tcp and old.state == TIME_WAIT:
+            # a new incarnation of a key in TIME_WAIT (netstack opened it)
+            self._stats["dp.time_wait_reused"] += 1
+            self._forget(old)
         if flow in self._ids or key in self._keys or fd in self._fds:
             raise ValueError(f"flow {flow}: already installed (id, key or fd)")
         if len(self._ids) >= self._max_flows:
-            raise OverflowError("datapath flow table full")
+            # overflow policy: TIME_WAIT flows are recycled first (as netstack's)
+            waiting = [f for f in self._ids.values() if type(f) is _Tcp and f.timer == T_TIME_WAIT]
+            if not waiting:
+                raise OverflowError("datapath flow table full")
+            self._stats["dp.time_wait_ended"] += 1
+            self._forget(min(waiting, key=lambda f: (f.timer_at, f.flow)))
 
     def _add(self, f) -> None:
         self._keys[f.key] = f
@@ -399,6 +426,8 @@ class PythonDatapath:
     def _forget(self, f) -> None:
         del self._keys[f.key]
         del self._ids[f.flow]
+        if f.fd < 0:
+            return  # TIME_WAIT: the socket went with the Closed item
         del self._fds[f.fd]
         try:
             self._ep.unregister(f.fd)
@@ -587,10 +616,40 @@ class PythonDatapath:
             f.batch = self._batch
             self._touched.append(f)
 
+    def _time_wait_segment(self, f: _Tcp, b: memoryview, flags: int, plen: int, now: float) -> None:
+        """A segment for a flow in TIME_WAIT (its socket is gone)."""
+        st = self._stats
+        if flags & RST:
+            st["dp.time_wait_ended"] += 1
+            self._forget(f)
+            return
+        if flags & (SYN | ACK) == SYN:
+            # a new incarnation (RFC 9293 §3.6.1): the flow is netstack's to open
+            st["dp.time_wait_reused"] += 1
+            self._forget(f)
+            self._slow(b)
+            return
+        if plen or flags & (FIN | SYN):
+            # a retransmission: our last ACK was lost; stay (netstack restarts too)
+            f.timer, f.timer_at = T_TIME_WAIT, now + TIME_WAIT_S
+            self._send_ack(f, now)
+
     def _tcp_segment(self, f: _Tcp, b: memoryview, l4: int, l4len: int, doff: int, now: float) -> None:
         st = self._stats
         flags = b[l4 + 13]
-        if flags != ACK and flags != ACK | PSH:
+        plen = l4len - doff
+        if f.state == TIME_WAIT:
+            self._time_wait_segment(f, b, flags, plen, now)
+            return
+        if flags & RST:
+            # RFC 5961 §3.2: only an exact RST ends the flow here; netstack challenges the others
+            if flags & ~ACK == RST and _U32.unpack_from(b, l4 + 4)[0] == f.rcv_nxt:
+                graceful = f.state in (CLOSING, LAST_ACK) and f.snd_una == f.fin_seq
+                self._close_flow(f, "fin" if graceful else "reset", 0)
+            else:
+                self._eject_segment(f, b, now)
+            return
+        if flags & ~(PSH | FIN) != ACK:
             self._eject_segment(f, b, now)
             return
         if f.ts_ok:
@@ -607,7 +666,6 @@ class PythonDatapath:
         seq = _U32.unpack_from(b, l4 + 4)[0]
         ack = _U32.unpack_from(b, l4 + 8)[0]
         wnd = ((b[l4 + 14] << 8) | b[l4 + 15]) << f.snd_wscale
-        plen = l4len - doff
         # 1. PAWS (RFC 7323 §5.3; a TS.Recent idle for 24 days is void, §5.5)
         if f.ts_ok and _lt(tsval, f.ts_recent) and now - f.ts_recent_at < PAWS_IDLE_S:
             st["dp.paws"] += 1
@@ -624,7 +682,7 @@ class PythonDatapath:
             self._eject_segment(f, b, now)  # RFC 5961 §5.2: netstack challenges
             return
         if ack == f.snd_una:
-            dup = plen == 0 and wnd == f.snd_wnd and f.snd_wnd > 0 and f.snd_max != f.snd_una
+            dup = plen == 0 and not flags & FIN and wnd == f.snd_wnd and f.snd_wnd > 0 and f.snd_max != f.snd_una
             self._update_window(f, seq, ack, wnd)
             if dup:
                 f.dupacks += 1
@@ -637,8 +695,9 @@ class PythonDatapath:
                 return
         else:
             self._update_window(f, seq, ack, wnd)
-        # 3. payload
-        if not plen:
+        # 3. payload, then the FIN (sequence space: plen bytes, then the FIN)
+        fin = 1 if flags & FIN else 0
+        if not plen and not fin:
             return
         back = _sub(f.rcv_nxt, seq)
         start = l4 + doff
@@ -647,26 +706,48 @@ class PythonDatapath:
                 st["dp.out_of_order"] += 1
                 self._send_ack(f, now)
                 return
-            if back >= plen:
+            if back >= plen + fin:
                 st["dp.duplicate"] += 1
                 self._send_ack(f, now)
                 return
-            start += back
-        data = b[start : l4 + l4len]
-        f.ack_pending = True
-        try:
-            n = f.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-        except BlockingIOError:
-            n = 0
-        except OSError as err:
-            self._eject(f, "host_error", err.errno, now)
+            start = start + back if back < plen else l4 + l4len  # else only the FIN is new
+        if f.state in _FIN_TAKEN:
+            st["dp.rx_after_fin"] += 1  # after the guest's FIN nothing new can come
+            self._send_ack(f, now)
             return
-        if n:
-            f.rcv_nxt = (f.rcv_nxt + n) & MASK
-            st["dp.tcp_to_host_bytes"] += n
-        f.space_stale = True
-        if n < len(data):
-            st["dp.host_short_writes"] += 1
+        data = b[start : l4 + l4len]
+        if data:
+            f.ack_pending = True
+            try:
+                n = f.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                n = 0
+            except OSError as err:
+                self._host_reset(f, err.errno)
+                return
+            if n:
+                f.rcv_nxt = (f.rcv_nxt + n) & MASK
+                st["dp.tcp_to_host_bytes"] += n
+            f.space_stale = True
+            if n < len(data):
+                st["dp.host_short_writes"] += 1
+        # the FIN, once every byte before it went to the host (else the guest
+        # retransmits the rest with it)
+        if fin and f.rcv_nxt == (seq + plen) & MASK:
+            try:
+                f.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            f.rcv_nxt = (f.rcv_nxt + 1) & MASK
+            st["dp.fin_from_guest"] += 1
+            f.ack_pending = True
+            if f.state == ESTABLISHED:
+                f.state = CLOSE_WAIT
+            elif f.state == FIN_WAIT_1:
+                f.state = CLOSING
+            else:  # FIN_WAIT_2
+                self._send_ack(f, now)
+                self._enter_time_wait(f, now)
 
     def _update_window(self, f: _Tcp, seq: int, ack: int, wnd: int) -> None:
         """RFC 9293 §3.10.7.4: SND.WL1/SND.WL2 say whether the window is newer."""
@@ -678,11 +759,14 @@ class PythonDatapath:
                 f.max_snd_wnd = wnd
 
     def _new_ack(self, f: _Tcp, ack: int, tsecr: int, now: float) -> bool:
-        acked = _sub(ack, f.snd_una)
-        try:
-            f.sock.recv_into(self._scratch, acked, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
-        except OSError:
-            pass  # the bytes are gone with the connection; the read side reports it
+        """False if the flow ended (the ACK of our FIN in LAST_ACK) or entered TIME_WAIT."""
+        fin_acked = f.fin_sent and ack == (f.fin_seq + 1) & MASK
+        acked = _sub(ack, f.snd_una) - fin_acked
+        if acked:
+            try:
+                f.sock.recv_into(self._scratch, acked, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+            except OSError:
+                pass  # the bytes are gone with the connection; the read side reports it
         f.snd_una = ack
         if _lt(f.snd_nxt, ack):
             f.snd_nxt = ack
@@ -698,6 +782,19 @@ class PythonDatapath:
         else:
             f.timer, f.timer_at = T_RTX, now + f.rto
         f.want_output = True
+        if fin_acked:
+            if f.state == FIN_WAIT_1:
+                f.state = FIN_WAIT_2
+            elif f.state == CLOSING:
+                if f.ack_pending:
+                    self._send_ack(f, now)
+                self._enter_time_wait(f, now)
+                return False
+            elif f.state == LAST_ACK:
+                if f.ack_pending:
+                    self._send_ack(f, now)
+                self._close_flow(f, "fin", 0)
+                return False
         return True
 
     @staticmethod
@@ -730,6 +827,10 @@ class PythonDatapath:
         """Output phase of one flow: host data the windows allow, then the
         pending ACK (unless a data frame carried it), then EPOLLOUT if the
         window offered is nearly closed."""
+        if f.state == TIME_WAIT:
+            if f.ack_pending:
+                self._send_ack(f, now)
+            return
         if f.host_space < f.rcv_wnd_max:
             f.space_stale = True
         if f.want_output:
@@ -738,7 +839,7 @@ class PythonDatapath:
                 return
         if f.ack_pending:
             self._send_ack(f, now)
-        if not f.watching_out and _sub(f.rcv_adv, f.rcv_nxt) < self._sws(f):
+        if f.state not in _FIN_TAKEN and not f.watching_out and _sub(f.rcv_adv, f.rcv_nxt) < self._sws(f):
             f.watching_out = True
             self._ep.modify(f.fd, EP_IN | EP_OUT)
 
@@ -747,6 +848,16 @@ class PythonDatapath:
         txv = self._txv
         pay = f.l4off + f.tcp_hlen
         st = self._stats
+        if f.fin_sent:
+            # every byte was acknowledged before our FIN: only it can be due again
+            if f.snd_nxt == f.fin_seq:
+                self._send_fin(f, now)
+            return True
+        if f.host_eof and f.snd_nxt == f.snd_max:
+            # our FIN goes once everything before it is acknowledged (into a closed window too)
+            if f.snd_una == f.snd_max:
+                self._send_fin(f, now)
+            return True
         while True:
             off = _sub(f.snd_nxt, f.snd_una)
             n = min(f.snd_wnd - off, INFLIGHT_MAX - off, f.max_payload)
@@ -763,11 +874,13 @@ class PythonDatapath:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as err:
-                self._eject(f, "host_error", err.errno, now)
+                self._host_reset(f, err.errno)
                 return False
             if r == 0:
-                self._eject(f, "host_eof", 0, now)
-                return False
+                f.host_eof = True
+                if f.snd_una == f.snd_nxt == f.snd_max:
+                    self._send_fin(f, now)
+                return True
             self._tcp_frame(f, now, f.snd_nxt, ACK | PSH, r)
             st["dp.tcp_to_guest_bytes"] += r
             f.snd_nxt = (f.snd_nxt + r) & MASK
@@ -891,7 +1004,7 @@ class PythonDatapath:
         if ev & select.EPOLLERR:
             err = f.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self._eject(f, "host_error", err, now)
+                self._host_reset(f, err)
                 return
         if ev & select.EPOLLOUT and f.watching_out:
             f.watching_out = False
@@ -918,8 +1031,60 @@ class PythonDatapath:
         self._forget(f)
         tcb = {name: getattr(f, name) for name in _TCB_FIELDS}
         tcb["ts_ok"] = bool(f.ts_ok)
-        send_bytes = read_send_bytes(f.fd, _sub(f.snd_max, f.snd_una), tcb)
-        self._items.append(Ejected(f.flow, reason, err, tcb, send_bytes, reason == "host_eof"))
+        fin_out = 1 if f.fin_sent and f.snd_max != f.snd_una else 0
+        send_bytes = read_send_bytes(f.fd, _sub(f.snd_max, f.snd_una) - fin_out, tcb)
+        self._items.append(Ejected(f.flow, reason, err, tcb, send_bytes, f.host_eof, STATE_NAMES[f.state]))
+
+    # ------------------------------------------------------------------ closing (contract: "Closing")
+
+    def _closed(self, f: _Tcp, how: str, err: int) -> None:
+        self._stats["dp.closed_" + how] += 1
+        self._items.append(Closed(f.flow, how, err))
+
+    def _close_flow(self, f: _Tcp, how: str, err: int) -> None:
+        """The connection is over: report it, and give the slot back."""
+        self._closed(f, how, err)
+        self._forget(f)
+
+    def _enter_time_wait(self, f: _Tcp, now: float) -> None:
+        self._closed(f, "fin", 0)
+        del self._fds[f.fd]
+        try:
+            self._ep.unregister(f.fd)
+        except OSError:
+            pass
+        f.sock.detach()
+        f.fd = -1
+        f.state = TIME_WAIT
+        f.want_output = f.watching_out = False
+        f.timer, f.timer_at = T_TIME_WAIT, now + TIME_WAIT_S
+
+    def _send_rst(self, f: _Tcp) -> None:
+        """RST|ACK <SEQ=SND.NXT><ACK=RCV.NXT>, no options, window 0 (netstack's _send_rst)."""
+        tx = self._tx
+        l4 = f.l4off
+        self._ip_header(f.v6, f.gmac, f.omac, f.raddr, f.gaddr, 6, 20)
+        _TCP.pack_into(tx, l4, f.rport, f.gport, f.snd_nxt, f.rcv_nxt, 5 << 4, RST | ACK, 0, csum_fold(f.pseudo + 20), 0)
+        _VNET.pack_into(tx, 0, F_NEEDS_CSUM, GSO_NONE, 0, 0, l4 - VNET_LEN, 16)
+        self._write(l4 + 20)
+        self._stats["dp.rst_to_guest"] += 1
+
+    def _host_reset(self, f: _Tcp, err: int) -> None:
+        """The host socket failed: RST to the guest, the flow ends."""
+        self._send_rst(f)
+        self._close_flow(f, "host_reset", err)
+
+    def _send_fin(self, f: _Tcp, now: float) -> None:
+        self._tcp_frame(f, now, f.snd_nxt, ACK | FIN, 0)
+        if not f.fin_sent:
+            f.fin_sent = True
+            f.fin_seq = f.snd_nxt
+            f.state = LAST_ACK if f.state == CLOSE_WAIT else FIN_WAIT_1
+            self._stats["dp.fin_to_guest"] += 1
+        f.snd_nxt = f.snd_max = (f.fin_seq + 1) & MASK
+        if f.timer != T_RTX:
+            f.timer, f.timer_at = T_RTX, now + f.rto
+        f.ack_pending = False
 
 
 assert set(EJECT_REASONS) == {"segment", "host_eof", "host_error", "timeout", "zero_window", "requested"}

@@ -22,7 +22,7 @@ from netstack.frames import tcp_frame, udp_frame
 from netstack.tcp import Tcb
 from netstack.wire.checksum import checksum
 from netstack.wire.tcp import ACK, TcpHeader
-from slirp.datapath import Ejected, Frame, TcpFlow, UdpDatagram, UdpError, UdpFlow, open_datapath
+from slirp.datapath import Closed, Ejected, Frame, TcpFlow, UdpDatagram, UdpError, UdpFlow, open_datapath
 
 try:
     import slirp._native  # noqa: F401
@@ -152,7 +152,10 @@ def guest_udp(payload, sport=5353, dst=GATEWAY, dport=9, src=GUEST, offload="csu
 
 def normalize(item, side=None):
     if isinstance(item, Ejected):
-        return ("Ejected", item.flow, item.reason, item.errno, tuple(sorted(item.tcb.items())), item.send_bytes, item.host_eof)
+        return ("Ejected", item.flow, item.reason, item.errno, tuple(sorted(item.tcb.items())), item.send_bytes,
+                item.host_eof, item.state)  # fmt: skip
+    if isinstance(item, Closed):
+        return ("Closed", item.flow, item.how, item.errno)
     if isinstance(item, Frame):
         return ("Frame", item.data)
     if isinstance(item, UdpDatagram):

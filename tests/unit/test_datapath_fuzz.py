@@ -9,6 +9,8 @@ AddressSanitizer.)
 from __future__ import annotations
 
 import os
+import socket
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +24,8 @@ pytestmark = pytest.mark.skipif(len(KINDS) < 2, reason="slirp._native not built"
 
 EXAMPLES = int(os.environ.get("SLIRPNET_FUZZ_EXAMPLES", "60"))
 
-flags_st = st.sampled_from([ACK, ACK, ACK | PSH, ACK | PSH, ACK | FIN, RST, SYN, ACK | URG, ACK | 0x80, 0])
+flags_st = st.sampled_from([ACK, ACK, ACK | PSH, ACK | PSH, ACK | FIN, ACK | PSH | FIN, RST, ACK | RST, SYN, ACK | URG,
+                            ACK | 0x80, 0])  # fmt: skip
 offload_st = st.sampled_from(["csum", "csum", "none", "valid", "bad"])
 
 tcp_step = st.fixed_dictionaries(
@@ -50,7 +53,8 @@ udp_step = st.fixed_dictionaries(
         "uso": st.sampled_from([0, 0, 500]),
     }
 )
-host_step = st.fixed_dictionaries({"kind": st.just("host"), "flow": st.sampled_from([1, 2]), "n": st.sampled_from([0, 1, 5000, 200_000])})
+host_step = st.fixed_dictionaries({"kind": st.just("host"), "flow": st.sampled_from([1, 2]),
+                                   "n": st.sampled_from([0, 1, 5000, 200_000, -1])})  # fmt: skip
 time_step = st.fixed_dictionaries({"kind": st.just("time"), "dt": st.sampled_from([0.001, 0.2, 0.5, 3.0])})
 raw_step = st.fixed_dictionaries({"kind": st.just("raw"), "data": st.binary(min_size=0, max_size=200)})
 eject_step = st.fixed_dictionaries({"kind": st.just("eject"), "flow": st.sampled_from([1, 2])})
@@ -99,7 +103,7 @@ def test_random_sequences_same_outputs(steps, peek):
                     frame = frame[: step["cut"]]
                 twin.guest(bytes(frame))
                 if step["seq_delta"] == 0 and step["flags"] & ACK:
-                    g.seq = (g.seq + step["plen"]) & M
+                    g.seq = (g.seq + step["plen"] + (1 if step["flags"] & FIN else 0)) & M
             elif k == "udp":
                 dst = {"gw": GATEWAY, "dns": DNS, "mcast": bytes([239, 1, 1, 1]), "bcast": b"\xff" * 4}[step["dst"]]
                 dport = port if step["dport"] == 9999 else step["dport"]
@@ -124,10 +128,13 @@ def test_random_sequences_same_outputs(steps, peek):
                 for side in twin.sides:
                     c = side.conns[step["flow"]]
                     try:
-                        if step["n"]:
+                        if step["n"] > 0:
                             c.peer.send(bytes(step["n"]))
-                        else:
+                        elif step["n"] == 0:
                             c.peer.shutdown(1)
+                        else:  # a reset from the host
+                            c.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            c.peer.close()
                         sent = True
                     except OSError:
                         pass

@@ -19,7 +19,7 @@ from netstack.actions import CloseTcp, ReadTcp, SendTcp, ShutdownTcp, WatchTcpWr
 from netstack.events import TcpHostEof, TcpReceived, TcpSent, TcpWritable
 from netstack.tcp import EndpointExport, State
 from netstack.wire.tcp import ACK, FIN, PSH, TcpView
-from slirp.datapath import Ejected, Frame, TcpFlow
+from slirp.datapath import Closed, Ejected, Frame, TcpFlow
 
 from .dp_helpers import GUEST, GUEST_MAC, KINDS, M, OUR_MAC, GuestTcp, Side, TcpConn, parse_out
 from .tcp.helpers import REMOTE, Harness, open_established
@@ -171,28 +171,25 @@ def test_round_trip_through_the_datapath(kind):
         items = side.dp.host_readable(h.now)
         guest.take_frames(side.from_tap())
         assert bytes(guest.got).endswith(b"unacked tail")
-        # -- the guest's FIN: ejected, resumed in netstack, the FIN handled there
+        # -- the guest's FIN: taken in the datapath (shutdown, ACK): CLOSE_WAIT there
         g.ack = guest_before  # the tail is not acknowledged
         g.tsval += 1
-        fin = g.frame(ACK | FIN)
-        side.to_tap(fin)
-        items = side.dp.tap_readable(h.now)
-        assert [type(i) for i in items] == [Ejected, Frame] and items[0].reason == "segment"
-        e = items[0]
-        assert e.send_bytes == b"unacked tail" and not side.dp.owns(c.flow)
+        side.to_tap(g.frame(ACK | FIN))
+        assert side.dp.tap_readable(h.now) == []
+        out = side.from_tap()
+        assert [parse_out(f)["ack"] for f in out] == [(g.seq + 1) & M], "the datapath acknowledged the FIN"
+        # -- handed back to netstack in CLOSE_WAIT (the edge wants it back)
+        e = side.dp.eject_tcp(c.flow, h.now)
+        assert e.state == "CLOSE_WAIT" and e.send_bytes == b"unacked tail" and not side.dp.owns(c.flow)
         h.layer.resume(
             h.now,
             c.flow,
-            EndpointExport(tcb=e.tcb, state=State.ESTABLISHED, send_bytes=e.send_bytes, to_host=b"",
+            EndpointExport(tcb=e.tcb, state=State[e.state], send_bytes=e.send_bytes, to_host=b"",
                            host_eof=e.host_eof, host_blocked=False, edge_credit=0),  # fmt: skip
         )
-        view = TcpView.check(memoryview(items[1].data)[10 + 14 + 20 :])
-        h.layer.segment_from_guest(h.now, 0, GUEST, REMOTE, view)
         edge.pump()
-        assert edge.shut, "the guest's FIN reached the host socket"
-        segs = h.segments()
-        guest.take_segments(segs)
-        assert segs and segs[-1].header.ack == (g.seq + 1) & M, "netstack acknowledged the FIN"
+        assert not edge.shut, "the datapath shut the host socket down already"
+        guest.take_segments(h.segments())
         assert c.ep.state is State.CLOSE_WAIT
         # -- the guest acks the tail; the host answers and closes; netstack finishes
         c.seq, c.ts = (g.seq + 1) & M, (g.tsval + 1, ts_ours)
@@ -216,6 +213,54 @@ def test_round_trip_through_the_datapath(kind):
         assert bytes(host_got) == to_host
         assert conn.peer.recv(10) == b"", "the host saw our FIN"
         assert h.counters["tcp.rx_parked"] == 0 and h.counters["tcp.event_parked"] == 0
+    finally:
+        conn.close()
+        side.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_connection_that_ends_in_the_datapath_is_forgotten_by_netstack(kind):
+    """Installed, then closed both ways in the datapath: one Closed item, and
+    netstack drops the parked flow (TcpLayer.forget)."""
+    h = Harness(seed=9)
+    h.now = 10.0
+    c = open_established(h, timestamp=(4000, 0))
+    side = Side(kind)
+    conn = TcpConn()
+    try:
+        exp = h.layer.park(c.flow)
+        side.dp.install_tcp(
+            TcpFlow(c.flow, conn.edge.fileno(), GUEST, c.gport, REMOTE, c.rport, GUEST_MAC, OUR_MAC, exp.tcb,
+                    h.config.rcv_buf_max, h.now)  # fmt: skip
+        )
+        g = GuestTcp(guest=GUEST, gport=c.gport, remote=REMOTE, rport=c.rport, seq=c.seq, ack=c.ack)
+        g.tsval, g.tsecr = 6000, c.ts[1]
+        side.to_tap(g.frame(ACK | PSH | FIN, b"q"))
+        assert side.dp.tap_readable(h.now) == []
+        got = bytearray()
+        drain_peer(conn, got, 2)
+        assert bytes(got) == b"q" and conn.peer.recv(10) == b""
+        conn.peer.sendall(b"a")
+        conn.peer.shutdown(socket.SHUT_WR)
+        assert side.wait_host()
+        assert side.dp.host_readable(h.now) == []
+        guest = Guest(c)
+        guest.take_frames(side.from_tap())
+        assert bytes(guest.got) == b"a"
+        g.ack = guest.rcv_nxt
+        g.tsval += 1
+        side.to_tap(g.frame(ACK))
+        assert side.dp.tap_readable(h.now) == []  # our FIN goes now
+        guest.take_frames(side.from_tap())
+        assert guest.fin
+        g.ack = guest.rcv_nxt
+        g.tsval += 1
+        side.to_tap(g.frame(ACK))
+        assert side.dp.tap_readable(h.now) == [Closed(c.flow, "fin", 0)]
+        h.layer.forget(c.flow)
+        assert h.layer.endpoint(c.flow) is None and h.counters["tcp.closed_by_datapath"] == 1
+        with pytest.raises(KeyError):
+            h.layer.forget(c.flow)
     finally:
         conn.close()
         side.close()

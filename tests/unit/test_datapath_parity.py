@@ -21,7 +21,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from netstack.wire.checksum import checksum
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
-from slirp.datapath import INFLIGHT_MAX, MAX_RTO_RETRIES, Ejected, Frame, UdpDatagram, UdpError
+from slirp.datapath import INFLIGHT_MAX, MAX_RTO_RETRIES, Closed, Ejected, Frame, UdpDatagram, UdpError
 
 from .dp_helpers import (
     DNS,
@@ -124,8 +124,8 @@ def test_inject_is_one_frame_batch(twin):
     other = GuestTcp(gport=41000).frame(ACK | PSH, b"x")
     items, frames = twin.inject(other)
     assert items == [Frame(other)] and frames == []
-    # a FIN: the flow is ejected (its pending ACK first), then the FIN is slow
-    items, frames = twin.inject(g.frame(ACK | FIN))
+    # a SYN: the flow is ejected (its pending ACK first), then the SYN is slow
+    items, frames = twin.inject(g.frame(SYN))
     assert [type(i) for i in items] == [Ejected, Frame] and items[0].reason == "segment"
     assert twin.py.dp.stats()["dp.tap_frames"] == 0, "injected frames were not read from the TAP"
 
@@ -404,9 +404,9 @@ def test_backpressure_window_follows_the_host_socket():
 @pytest.mark.parametrize(
     "flags,opts",
     [
-        (ACK | FIN, {}),
-        (ACK | RST, {}),
-        (RST, {}),
+        (ACK | RST, {"seq": 1}),  # a RST not at rcv_nxt: netstack challenges it
+        (RST, {"seq": 1}),
+        (ACK | FIN | SYN, {}),
         (SYN, {}),
         (ACK | URG, {}),
         (ACK | 0x40, {}),  # ECE
@@ -438,36 +438,51 @@ def test_old_ack_is_ejected_for_netstack(twin):
 
 
 @PEEK
-def test_host_eof_ejects_with_the_unacked_bytes(peek):
+def test_host_eof_becomes_our_fin_once_everything_is_acked(peek):
     with Twin(peek_offset=peek) as twin:
         g = established(twin)
         twin.host_send(1, b"last words")
         g.ack = 1001 + 4
         twin.guest(g.frame(ACK))
         twin.each(lambda s: s.conns[1].peer.shutdown(socket.SHUT_WR))
-        items, _ = twin.host(wait=True)
-        if not peek:  # the fallback sees EOF once nothing is in flight
-            assert items == []
-            g.ack = 1001 + 10
-            items, _ = twin.guest(g.frame(ACK))
-        assert [i.reason for i in items] == ["host_eof"]
-        e = items[0]
-        assert e.host_eof and e.send_bytes == (b"last words"[4:] if peek else b"")
+        items, frames = twin.host(wait=True)
+        assert items == [] and not [f for f in frames if parse_out(f)["flags"] & FIN], "data still in flight"
+        g.ack = 1001 + 10
+        items, frames = twin.guest(g.frame(ACK))
+        assert items == []
+        fin = [parse_out(f) for f in frames]
+        assert [(f["flags"], f["seq"], f["ack"]) for f in fin] == [(ACK | FIN, 1011, 5001)]
+        assert twin.py.dp.stats()["dp.fin_to_guest"] == 1
+        assert twin.deadline() == pytest.approx(twin.now + 0.2), "our FIN is retransmitted"
+        # the guest ACKs our FIN (FIN_WAIT_2), then closes: TIME_WAIT, the flow is Closed
+        g.ack = 1012
+        items, frames = twin.guest(g.frame(ACK))
+        assert items == [] and frames == [] and twin.deadline() is None
+        items, frames = twin.guest(g.frame(ACK | FIN))
+        assert items == [Closed(1, "fin", 0)]
+        assert [(parse_out(f)["flags"], parse_out(f)["ack"]) for f in frames] == [(ACK, 5002)]
+        assert not twin.py.dp.owns(1)
+        assert all(s.conns[1].peer.recv(10) == b"" for s in twin.sides), "the guest's FIN: shutdown(SHUT_WR)"
+        assert twin.deadline() == pytest.approx(twin.now + 2.0), "TIME_WAIT"
 
 
-def test_host_reset_ejects_with_host_error(twin):
+def test_host_reset_sends_rst_to_the_guest(twin):
     g = established(twin)
+    twin.guest(g.frame(ACK | PSH, b"abc"))
     for s in twin.sides:
         s.conns[1].peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.conns[1].peer.close()
-    items, _ = twin.host(wait=True)
-    assert [(i.reason, i.errno) for i in items] == [("host_error", errno.ECONNRESET)]
+    items, frames = twin.host(wait=True)
+    assert items == [Closed(1, "host_reset", errno.ECONNRESET)]
+    rst = [parse_out(f) for f in frames]
+    assert [(r["flags"], r["seq"], r["ack"], r["window"], "ts" in r) for r in rst] == [(RST | ACK, 1001, 5004, 0, False)]
+    assert_valid(frames[0])
     assert not twin.py.dp.owns(1)
     items, _ = twin.guest(g.frame(ACK))
     assert [type(i) for i in items] == [Frame]
 
 
-def test_send_to_a_reset_socket_ejects(twin):
+def test_send_to_a_reset_socket_resets_the_guest(twin):
     g = established(twin)
     twin.guest(g.frame(ACK | PSH, b"x"))
     for s in twin.sides:
@@ -476,7 +491,9 @@ def test_send_to_a_reset_socket_ejects(twin):
         # drain the error so that the next send fails instead
         s.conns[1].edge.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     items, frames = twin.guest(g.frame(ACK | PSH, b"y"))
-    assert [i.reason for i in items] == ["host_error"] and items[0].errno in (errno.EPIPE, errno.ECONNRESET)
+    assert [(type(i), i.how) for i in items] == [(Closed, "host_reset")]
+    assert items[0].errno in (errno.EPIPE, errno.ECONNRESET)
+    assert [parse_out(f)["flags"] for f in frames] == [RST | ACK]
 
 
 def test_requested_ejection_exports_everything(twin):
@@ -775,8 +792,11 @@ def test_host_data_and_fin_together(twin):
         s.conns[1].peer.shutdown(socket.SHUT_WR)
     items, frames = twin.host(wait=True)
     assert data(frames)[0]["payload"] == b"final answer"
-    assert [i.reason for i in items] == ["host_eof"] and items[0].send_bytes == b"final answer"
-    assert items[0].tcb["snd_max"] == 1001 + 12
+    assert items == [] and not [f for f in frames if parse_out(f)["flags"] & FIN]
+    # ejected now (for netstack), the export says the host's EOF was seen
+    ej = twin.eject(1)
+    assert ej.host_eof and ej.send_bytes == b"final answer" and ej.tcb["snd_max"] == 1001 + 12
+    assert ej.state == "ESTABLISHED"
 
 
 def test_closed_window_without_host_data_arms_nothing(twin):
@@ -785,3 +805,172 @@ def test_closed_window_without_host_data_arms_nothing(twin):
     assert twin.deadline() is None, "nothing to send: no persist, no ejection"
     _, frames = twin.host_send(1, b"now there is")
     assert frames == [] and twin.deadline() == pytest.approx(twin.now + 0.2)
+
+
+# ---------------------------------------------------------------------- closing in the datapath
+
+
+def fin_frames(frames):
+    return [(p["flags"], p["seq"], p["ack"]) for p in map(parse_out, frames)]
+
+
+def test_guest_closes_first_then_host_fin_then_last_ack(twin):
+    g = established(twin)
+    items, frames = twin.guest(g.frame(ACK | PSH | FIN, b"bye"))
+    assert items == [] and fin_frames(frames) == [(ACK, 1001, 5001 + 3 + 1)], "data and FIN acknowledged at once"
+    assert twin.settle(1) == b"bye"
+    assert all(s.conns[1].peer.recv(10) == b"" for s in twin.sides), "shutdown(SHUT_WR) after the data"
+    assert twin.py.dp.owns(1) and twin.py.dp.stats()["dp.fin_from_guest"] == 1
+    # the host answers and closes: its data, then our FIN once the data is acknowledged
+    for s in twin.sides:
+        s.conns[1].peer.sendall(b"ok")
+        s.conns[1].peer.shutdown(socket.SHUT_WR)
+    items, frames = twin.host(wait=True)
+    assert items == [] and [(d["payload"], d["ack"]) for d in data(frames)] == [(b"ok", 5005)]
+    g.ack = 1003
+    items, frames = twin.guest(g.frame(ACK))
+    assert items == [] and fin_frames(frames) == [(ACK | FIN, 1003, 5005)]
+    g.ack = 1004  # LAST_ACK: the ACK of our FIN ends it, no TIME_WAIT on our side
+    items, frames = twin.guest(g.frame(ACK))
+    assert items == [Closed(1, "fin", 0)] and frames == []
+    assert not twin.py.dp.owns(1) and twin.deadline() is None
+    assert twin.py.dp.stats()["dp.closed_fin"] == 1
+
+
+def test_fin_with_the_host_eof_already_seen_goes_with_the_ack(twin):
+    g = established(twin)
+    twin.each(lambda s: s.conns[1].peer.shutdown(socket.SHUT_WR))
+    items, frames = twin.host(wait=True)
+    assert items == [] and fin_frames(frames) == [(ACK | FIN, 1001, 5001)], "nothing in flight: FIN at once"
+    items, frames = twin.guest(g.frame(ACK | FIN))  # simultaneous close: our FIN not acked yet
+    assert items == [] and fin_frames(frames) == [(ACK, 1002, 5002)]
+    g.ack = 1002  # CLOSING -> TIME_WAIT
+    items, frames = twin.guest(g.frame(ACK))
+    assert items == [Closed(1, "fin", 0)] and frames == []
+    assert twin.deadline() == pytest.approx(twin.now + 2.0)
+
+
+def test_our_fin_is_retransmitted(twin):
+    g = established(twin)
+    twin.each(lambda s: s.conns[1].peer.shutdown(socket.SHUT_WR))
+    twin.host(wait=True)
+    items, frames = twin.timers(twin.now + 0.25)
+    assert items == [] and fin_frames(frames) == [(ACK | FIN, 1001, 5001)]
+    assert twin.deadline() == pytest.approx(twin.now + 0.4), "backed off"
+    g.ack = 1002
+    items, frames = twin.guest(g.frame(ACK))
+    assert items == [] and twin.deadline() is None, "FIN_WAIT_2"
+
+
+def test_time_wait(twin):
+    g = established(twin)
+    twin.each(lambda s: s.conns[1].peer.shutdown(socket.SHUT_WR))
+    twin.host(wait=True)
+    g.ack = 1002
+    items, _ = twin.guest(g.frame(ACK | FIN))
+    assert items == [Closed(1, "fin", 0)]
+    assert not twin.py.dp.owns(1)
+    with pytest.raises(KeyError):
+        twin.py.dp.eject_tcp(1, twin.now)
+    # a retransmitted FIN (our ACK was lost) is acknowledged again and restarts the wait
+    twin.now += 1.5
+    items, frames = twin.guest(g.frame(ACK | FIN, seq=5001))
+    assert items == [] and fin_frames(frames) == [(ACK, 1002, 5002)]
+    assert twin.deadline() == pytest.approx(twin.now + 2.0)
+    items, frames = twin.guest(g.frame(ACK, seq=5002))  # a pure ACK: nothing to say
+    assert items == [] and frames == []
+    items, frames = twin.timers(twin.now + 2.0)
+    assert items == [] and frames == [] and twin.deadline() is None
+    assert twin.py.dp.stats()["dp.time_wait_ended"] == 1
+    items, _ = twin.guest(g.frame(ACK, seq=5002))
+    assert [type(i) for i in items] == [Frame], "the slot is free: netstack's frame"
+
+
+def test_time_wait_ends_on_rst_and_on_a_new_syn(twin):
+    for n, (flags, slow) in enumerate(((RST, False), (SYN, True))):
+        g = established(twin, flow=10 + n, gport=41000 + n)
+        twin.each(lambda s: s.conns[10 + n].peer.shutdown(socket.SHUT_WR))
+        twin.host(wait=True)
+        g.ack = 1002
+        assert twin.guest(g.frame(ACK | FIN))[0] == [Closed(10 + n, "fin", 0)]
+        fr = g.frame(flags, seq=9999)
+        items, frames = twin.guest(fr)
+        assert items == ([Frame(fr)] if slow else []) and frames == []
+        assert twin.deadline() is None
+    st = twin.py.dp.stats()
+    assert st["dp.time_wait_ended"] == 1 and st["dp.time_wait_reused"] == 1
+
+
+def test_time_wait_gives_way_to_a_new_flow(twin):
+    with Twin(max_flows=2) as t:
+        for flow in (1, 2):
+            g = established(t, flow=flow, gport=40000 + flow)
+            t.each(lambda s: s.conns[flow].peer.shutdown(socket.SHUT_WR))
+            t.host(wait=True)
+            g.ack = 1002
+            assert t.guest(g.frame(ACK | FIN))[0] == [Closed(flow, "fin", 0)]
+        # the same key as flow 1 (netstack opened a new incarnation): flow 1's slot goes
+        t.add_tcp(3, gport=40001)
+        # the table is full (flows 2 and 3): the TIME_WAIT flow 2 is recycled
+        t.add_tcp(4, gport=40004)
+        st = t.py.dp.stats()
+        assert st["dp.time_wait_reused"] == 1 and st["dp.time_wait_ended"] == 1
+        assert t.py.dp.owns(3) and t.py.dp.owns(4)
+        with pytest.raises(OverflowError):
+            t.py.dp.install_tcp(replace_flow(t.py, 5, 40005))
+
+
+def replace_flow(side, flow, gport):
+    from slirp.datapath import TcpFlow
+
+    from .dp_helpers import TcpConn
+
+    c = TcpConn()
+    side.conns[flow] = c
+    return TcpFlow(flow, c.edge.fileno(), GUEST, gport, GATEWAY, 80, GUEST_MAC, OUR_MAC, dict(base_tcb()), 1 << 20, 0.0)
+
+
+def test_exact_guest_rst_closes_with_reset(twin):
+    g = established(twin)
+    items, frames = twin.guest(g.frame(ACK | PSH, b"abc"), g.frame(RST | ACK))
+    assert items == [Closed(1, "reset", 0)]
+    assert frames == [], "no ACK for a reset flow"
+    assert twin.settle(1) == b"abc"
+    assert twin.py.dp.stats()["dp.closed_reset"] == 1
+
+
+def test_rst_in_last_ack_with_only_our_fin_unacked_is_graceful(twin):
+    g = established(twin)
+    twin.guest(g.frame(ACK | FIN))
+    twin.each(lambda s: s.conns[1].peer.shutdown(socket.SHUT_WR))
+    _, frames = twin.host(wait=True)
+    assert fin_frames(frames) == [(ACK | FIN, 1001, 5002)]
+    items, _ = twin.guest(g.frame(RST, seq=5002))
+    assert items == [Closed(1, "fin", 0)]
+
+
+def test_data_after_the_guests_fin_is_dropped(twin):
+    g = established(twin)
+    twin.guest(g.frame(ACK | FIN))
+    items, frames = twin.guest(g.frame(ACK | PSH, b"late", seq=5002))
+    assert items == [] and fin_frames(frames) == [(ACK, 1001, 5002)]
+    assert twin.py.dp.stats()["dp.rx_after_fin"] == 1
+    # a retransmitted FIN is a duplicate
+    items, frames = twin.guest(g.frame(ACK | FIN, seq=5001))
+    assert items == [] and fin_frames(frames) == [(ACK, 1001, 5002)]
+    assert twin.py.dp.stats()["dp.duplicate"] == 1
+
+
+def test_an_ejection_while_closing_exports_the_state(twin):
+    g = established(twin)
+    twin.guest(g.frame(ACK | FIN))
+    items, _ = twin.guest(g.frame(ACK | URG, seq=5002))
+    assert [type(i) for i in items] == [Ejected, Frame]
+    assert items[0].state == "CLOSE_WAIT" and items[0].tcb["rcv_nxt"] == 5002
+    g2 = established(twin, flow=2, gport=42000)
+    twin.each(lambda s: s.conns[2].peer.shutdown(socket.SHUT_WR))
+    twin.host(wait=True)
+    ej = twin.eject(2)
+    assert ej.state == "FIN_WAIT_1" and ej.host_eof and ej.send_bytes == b"" and ej.tcb["snd_max"] == 1002
+    g2.ack = 1002
+    assert [type(i) for i in twin.guest(g2.frame(ACK))[0]] == [Frame]

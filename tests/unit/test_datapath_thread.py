@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from slirp.datapath import Ejected, Frame
+from slirp.datapath import Closed, Ejected, Frame
 
 from .dp_helpers import HAVE_NATIVE, GuestTcp, Side, base_tcb, parse_out
-from netstack.wire.tcp import ACK, FIN, PSH
+from netstack.wire.tcp import ACK, FIN, PSH, URG
 
 pytestmark = pytest.mark.skipif(not HAVE_NATIVE, reason="slirp._native not built")
 
@@ -99,14 +99,14 @@ def test_slow_items_are_queued_in_order_behind_the_eventfd():
         g = GuestTcp()
         side.to_tap(not_ip(0))
         side.to_tap(g.frame(ACK | PSH, b"abc"))
-        side.to_tap(g.frame(ACK | FIN))  # ejects the flow: Ejected, then the FIN itself
+        side.to_tap(g.frame(ACK | URG))  # ejects the flow: Ejected, then the segment itself
         side.to_tap(not_ip(1))
         items = take_until(side, 4)
         assert [type(i) for i in items] == [Frame, Ejected, Frame, Frame]
         assert items[0].data == not_ip(0)
         assert items[1].flow == 1 and items[1].reason == "segment"
         assert items[1].tcb["rcv_nxt"] == 5004  # the data before the FIN went to the host
-        assert parse_out(items[2].data)["flags"] & FIN
+        assert parse_out(items[2].data)["flags"] & URG
         assert items[3].data == not_ip(1)
         assert not side.dp.owns(1)
         assert host_bytes(side, 1, 3) == b"abc"
@@ -193,13 +193,32 @@ def test_stop_joins_a_thread_that_is_waiting_or_stalled():
     for stall in (False, True):
         side = threaded_side()
         if stall:
-            for i in range(200):
+            end = time.monotonic() + 5
+            while side.dp.stats()["dp.queue_stalls"] == 0 and time.monotonic() < end:
                 try:
-                    side.tap_guest.send(not_ip(i, 60000))
+                    side.tap_guest.send(not_ip(0, 60000))
                 except BlockingIOError:
-                    break
-            time.sleep(0.2)
+                    time.sleep(0.01)
             assert side.dp.stats()["dp.queue_stalls"] >= 1
         t0 = time.monotonic()
         side.close()  # sn_dp_free: stop, join, then free
         assert time.monotonic() - t0 < 1.0
+
+
+def test_a_connection_closes_in_the_thread():
+    side = threaded_side()
+    try:
+        side.add_tcp(1)
+        g = GuestTcp()
+        side.to_tap(g.frame(ACK | PSH | FIN, b"bye"))
+        assert host_bytes(side, 1, 3) == b"bye"
+        side.conns[1].peer.shutdown(__import__("socket").SHUT_WR)
+        fins = frames_until(side, lambda fs: any(parse_out(f)["flags"] & FIN for f in fs))
+        fin = [parse_out(f) for f in fins if parse_out(f)["flags"] & FIN][0]
+        assert fin["seq"] == 1001 and fin["ack"] == 5005
+        g.ack = 1002
+        side.to_tap(g.frame(ACK))
+        assert take_until(side, 1) == [Closed(1, "fin", 0)]
+        assert not side.dp.owns(1)
+    finally:
+        side.close()

@@ -4,11 +4,11 @@ import dataclasses
 
 import pytest
 
-from netstack.actions import ReadTcp, SendTcp
-from netstack.events import TcpReceived, TcpSent, TcpWritable
+from netstack.actions import CloseTcp, ReadTcp, SendTcp, ShutdownTcp
+from netstack.events import TcpHostEof, TcpReceived, TcpSent, TcpWritable
 from netstack.tcp import Disposition, EndpointExport, State, Tcb
 
-from .helpers import ACK, PSH, Harness, host_read, open_close_wait, open_established
+from .helpers import ACK, FIN, PSH, Harness, host_read, open_close_wait, open_established
 from .sim import Sim
 
 M = 0xFFFFFFFF
@@ -117,7 +117,8 @@ def test_resume_continues_after_the_other_owner_advanced():
     [
         {"snd_nxt_delta": 100},  # snd_nxt beyond snd_max
         {"drop_bytes": 5},  # send bytes do not cover the flight
-        {"state": State.CLOSE_WAIT},
+        {"state": State.TIME_WAIT},  # nothing left to resume
+        {"state": State.LAST_ACK},  # our FIN out, yet bytes unsent before it
     ],
 )
 def test_inconsistent_imports_are_refused(change):
@@ -227,3 +228,71 @@ def test_resume_with_a_closed_window_watches_the_host_socket():
     h.event(TcpWritable(c.flow, 1 << 20))
     s = c.expect(ACK)
     assert s.header.window > 0, "the window reopens once the socket drains"
+
+
+# -- imports in closing states (the C datapath closes connections too) ------------------------------
+
+
+def closing_export(h, c, state, fin_acked=False):
+    """Park ``c`` and make the export another owner would hand back in ``state``:
+    the guest's FIN taken (CLOSE_WAIT, CLOSING, LAST_ACK), and/or our FIN sent."""
+    exp = h.layer.park(c.flow)
+    t = dict(exp.tcb)
+    if state in (State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK):
+        t["rcv_nxt"] = (t["rcv_nxt"] + 1) & M
+        c.seq = (c.seq + 1) & M  # the guest's FIN was acknowledged by the other owner
+    fin_sent = state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK)
+    if fin_sent:
+        t["snd_nxt"] = t["snd_max"] = (t["snd_max"] + 1) & M
+        if fin_acked:
+            t["snd_una"] = t["snd_max"]
+    return dataclasses.replace(exp, tcb=t, state=state, host_eof=fin_sent)
+
+
+def test_import_in_last_ack_closes_on_the_ack_of_our_fin():
+    h = Harness()
+    c = open_established(h)
+    fin_seq = c.ack
+    h.layer.resume(h.now, c.flow, closing_export(h, c, State.LAST_ACK))
+    assert c.ep.state is State.LAST_ACK and h.actions() == [] and c.recv() == []
+    # our FIN is retransmitted on time-out
+    h.run_until(h.layer.next_deadline())
+    c.expect(ACK | FIN, seq=fin_seq, ack=c.seq)
+    c.send(ACK, ack=(fin_seq + 1) & M)
+    assert CloseTcp(c.flow, False) in h.actions()
+    assert c.ep is None
+
+
+def test_import_in_fin_wait_2_takes_the_guests_fin_into_time_wait():
+    h = Harness()
+    c = open_established(h)
+    h.layer.resume(h.now, c.flow, closing_export(h, c, State.FIN_WAIT_2, fin_acked=True))
+    assert c.ep.state is State.FIN_WAIT_2 and h.layer.next_deadline() is None
+    c.ack = (c.ack + 1) & M
+    c.send(ACK | FIN)
+    acts = h.actions()
+    assert ShutdownTcp(c.flow) in acts and CloseTcp(c.flow, False) in acts
+    c.expect(ACK, ack=c.seq)
+    assert c.ep.state is State.TIME_WAIT
+
+
+def test_import_in_close_wait_sends_our_fin_after_the_hosts_eof():
+    h = Harness()
+    c = open_established(h)
+    h.layer.resume(h.now, c.flow, closing_export(h, c, State.CLOSE_WAIT))
+    assert c.ep.state is State.CLOSE_WAIT
+    assert not [a for a in h.actions() if isinstance(a, ShutdownTcp)], "the other owner shut it down"
+    h.event(TcpHostEof(c.flow))
+    c.expect(ACK | FIN, ack=c.seq)
+    assert c.ep.state is State.LAST_ACK
+
+
+def test_import_in_fin_wait_1_and_closing():
+    for state in (State.FIN_WAIT_1, State.CLOSING):
+        h = Harness()
+        c = open_established(h)
+        fin_seq = c.ack
+        h.layer.resume(h.now, c.flow, closing_export(h, c, state))
+        assert c.ep.state is state
+        c.send(ACK, ack=(fin_seq + 1) & M)
+        assert c.ep.state is (State.FIN_WAIT_2 if state is State.FIN_WAIT_1 else State.TIME_WAIT)
