@@ -87,6 +87,7 @@
 #define RTO_MAX_S 60.0
 #define CLOCK_G_S 0.001
 #define PAWS_IDLE_S (24.0 * 86400.0)
+#define SKB_COST_EST 1024     /* bytes of send space one small write may cost beyond its payload */
 #define TIME_WAIT_S 2.0      /* netstack/tcp/config.py time_wait_s, and why */
 #define MAX_MAPS 16
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
@@ -928,9 +929,15 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
             t->rcv_nxt += (uint32_t)w;
             dp->stats[SN_DP_S_TCP_TO_HOST_BYTES] += (uint64_t)w;
         }
-        f->space_stale = 1;
-        if ((size_t)w < len)
+        if ((size_t)w < len) {
             dp->stats[SN_DP_S_HOST_SHORT_WRITES]++;
+            f->space_stale = 1;
+        } else {
+            /* no SO_MEMINFO per segment: the free space shrank by at most
+             * what the socket took, with its overhead; flush() reads it
+             * again once this estimate falls below the window we offer */
+            t->host_space = max64(0, t->host_space - (int64_t)(w + w / 8 + SKB_COST_EST));
+        }
     }
     /* the FIN, once every byte before it went to the host (else the guest
      * retransmits the rest with it) */

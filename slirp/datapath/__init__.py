@@ -149,9 +149,10 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
    SO_MEMINFO (truesize units: the kernel's own sk_stream_memory_free test),
    less 1/8 for the per-byte overhead — SO_SNDBUF − SIOCOUTQ counts bytes
    and over-promises, so that the guest's data found the socket full — read
-   again when the flow wrote to its socket since, on EPOLLOUT, or while it
-   is below rcv_buf_max; window = min(host space, rcv_buf_max,
-   0xFFFF << rcv_wscale); rcv_adv moves right only, and only by at least
+   again after a short write, on EPOLLOUT, or while it is below rcv_buf_max
+   (a whole write of w bytes only lowers the known space by w + w/8 + 1024:
+   no getsockopt per segment while the space is comfortably larger);
+   window = min(host space, rcv_buf_max, 0xFFFF << rcv_wscale); rcv_adv moves right only, and only by at least
    min(our MSS, rcv_buf_max/2, largest host space/2) (receiver SWS
    avoidance, netstack's rule); the window field is rounded up to the scale.
    After a flush that leaves less than that step open, EPOLLOUT is watched:

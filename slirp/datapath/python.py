@@ -65,6 +65,7 @@ SO_PEEK_OFF = 42
 SO_MEMINFO = 55
 MEMINFO_SNDBUF = 3
 MEMINFO_WMEM_QUEUED = 5
+SKB_COST_EST = 1024  # bytes of send space one small write may cost beyond its payload
 F_NEEDS_CSUM = 1
 F_DATA_VALID = 2
 GSO_NONE = 0
@@ -728,9 +729,14 @@ class PythonDatapath:
             if n:
                 f.rcv_nxt = (f.rcv_nxt + n) & MASK
                 st["dp.tcp_to_host_bytes"] += n
-            f.space_stale = True
             if n < len(data):
                 st["dp.host_short_writes"] += 1
+                f.space_stale = True
+            else:
+                # no SO_MEMINFO per segment: the free space shrank by at most
+                # what the socket took, with its overhead; _flush reads it
+                # again once this estimate falls below the window we offer
+                f.host_space = max(0, f.host_space - (n + n // 8 + SKB_COST_EST))
         # the FIN, once every byte before it went to the host (else the guest
         # retransmits the rest with it)
         if fin and f.rcv_nxt == (seq + plen) & MASK:
