@@ -119,23 +119,33 @@ def test_a_full_queue_stops_the_thread_reading_until_python_takes_it():
     try:
         n, size = 400, 60000  # 24 MB of slow frames: the 8 MiB queue fills several times
         sent = 0
+        # phase 1: nobody takes; the thread must stop reading once the queue is full
+        end = time.monotonic() + 10
+        while side.dp.stats()["dp.queue_stalls"] == 0 and time.monotonic() < end:
+            try:
+                side.tap_guest.send(not_ip(sent, size))
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert side.dp.stats()["dp.queue_stalls"] >= 1
+        read = side.dp.stats()["dp.tap_frames"]
+        time.sleep(0.1)
+        assert side.dp.stats()["dp.tap_frames"] == read, "a stalled thread reads nothing"
+        # phase 2: take and send the rest; nothing is lost, everything in order
         items: list = []
-        deadline = time.monotonic() + 10
-        while (sent < n or len(items) < n) and time.monotonic() < deadline:
+        end = time.monotonic() + 20
+        while (sent < n or len(items) < n) and time.monotonic() < end:
             while sent < n:
                 try:
                     side.tap_guest.send(not_ip(sent, size))
                 except BlockingIOError:
                     break
                 sent += 1
-            if sent == n or len(items) == 0:
-                time.sleep(0.05)  # let the thread fill the queue and stall
             if wait_readable(side.dp.fileno(), 0.05):
                 items += side.dp.take()
         assert len(items) == n
         assert [struct.unpack_from("!I", i.data, 24)[0] for i in items] == list(range(n))
         st = side.dp.stats()
-        assert st["dp.queue_stalls"] >= 1
         assert st["dp.records_lost"] == 0
         assert st["dp.slow_frames"] == n
     finally:
