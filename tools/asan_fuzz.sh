@@ -15,4 +15,5 @@ SLIRPNET_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 export LD_PRELOAD=$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export SLIRPNET_FUZZ_EXAMPLES=${1:-2000}
-"$PY" -m pytest -q -p no:cacheprovider tests/unit/test_datapath_fuzz.py tests/unit/test_datapath_parity.py tests/unit/test_datapath_netstack.py
+"$PY" -m pytest -q -p no:cacheprovider tests/unit/test_datapath_fuzz.py tests/unit/test_datapath_parity.py tests/unit/test_datapath_netstack.py \
+  tests/unit/test_datapath_thread.py
