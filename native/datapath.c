@@ -134,7 +134,7 @@ struct flow {
     uint8_t ack_pending, want_output, space_stale, watching_out, host_fin, kernel_peek;
     /* closing (enum sn_dp_state): fin_seq valid once fin_sent; fd is -1 in
      * TIME_WAIT (the edge closed the socket; only re-ACKs are left) */
-    uint8_t state, host_eof, fin_sent;
+    uint8_t state, host_eof, fin_sent, tlist;
     uint32_t fin_seq;
     uint32_t batch;
     int32_t tprev, tnext;       /* list of flows with an armed timer */
@@ -170,7 +170,8 @@ struct sn_dp {
     int32_t *free_list;
     uint32_t nfree;
     int32_t *by_key, *by_id;
-    int32_t timers;             /* head of the armed-timer list */
+    int32_t timers;             /* head of the armed-timer list (RTX, persist) */
+    int32_t tw_head, tw_tail;   /* TIME_WAIT flows, oldest first: their deadlines never decrease */
     uint32_t batch;
     struct touched touched[SN_DP_TAP_READ_BUDGET];
     uint32_t ntouched;
@@ -310,36 +311,56 @@ static void table_del(struct sn_dp *dp, int32_t *tab, int32_t idx, int by_key)
     tab[i] = -1;
 }
 
+/* Armed timers live in one of two lists (f->tlist): the RTX/persist list,
+ * walked in full (only flows with data in flight or a closed window), and
+ * the TIME_WAIT FIFO — every entry lasts TIME_WAIT_S, so the oldest is due
+ * first and churn that leaves thousands of them costs O(1) per wake-up. */
+enum { L_NONE = 0, L_ARMED = 1, L_TIME_WAIT = 2 };
+
 static void timer_unlink(struct sn_dp *dp, int32_t idx)
 {
     struct flow *f = &dp->flows[idx];
-    if (f->tprev == -2)
+    if (f->tlist == L_NONE)
         return;
+    int32_t *head = f->tlist == L_ARMED ? &dp->timers : &dp->tw_head;
     if (f->tprev >= 0)
         dp->flows[f->tprev].tnext = f->tnext;
     else
-        dp->timers = f->tnext;
+        *head = f->tnext;
     if (f->tnext >= 0)
         dp->flows[f->tnext].tprev = f->tprev;
+    else if (f->tlist == L_TIME_WAIT)
+        dp->tw_tail = f->tprev;
     f->tprev = f->tnext = -2;
+    f->tlist = L_NONE;
 }
 
 static void timer_set(struct sn_dp *dp, struct flow *f, int kind, double at)
 {
     int32_t idx = (int32_t)(f - dp->flows);
+    uint8_t want = kind == T_NONE ? L_NONE : kind == T_TIME_WAIT ? L_TIME_WAIT : L_ARMED;
+    if (f->tlist != want || want == L_TIME_WAIT)
+        timer_unlink(dp, idx); /* a restarted TIME_WAIT goes to the tail */
     f->timer = kind;
     f->timer_at = at;
-    if (kind == T_NONE) {
-        timer_unlink(dp, idx);
+    if (want == L_NONE || f->tlist == want)
         return;
+    f->tlist = want;
+    if (want == L_ARMED) {
+        f->tprev = -1;
+        f->tnext = dp->timers;
+        if (dp->timers >= 0)
+            dp->flows[dp->timers].tprev = idx;
+        dp->timers = idx;
+    } else {
+        f->tnext = -1;
+        f->tprev = dp->tw_tail;
+        if (dp->tw_tail >= 0)
+            dp->flows[dp->tw_tail].tnext = idx;
+        else
+            dp->tw_head = idx;
+        dp->tw_tail = idx;
     }
-    if (f->tprev != -2)
-        return;
-    f->tprev = -1;
-    f->tnext = dp->timers;
-    if (dp->timers >= 0)
-        dp->flows[dp->timers].tprev = idx;
-    dp->timers = idx;
 }
 
 /* ------------------------------------------------------------------ records */
@@ -1411,7 +1432,7 @@ struct sn_dp *sn_dp_new(int tap_fd, int mtu, uint32_t max_flows, int peek_offset
     dp->mtu = mtu;
     dp->peek_offset = peek_offset;
     dp->max_flows = max_flows;
-    dp->timers = -1;
+    dp->timers = dp->tw_head = dp->tw_tail = -1;
     dp->notify_efd = dp->wake_efd = -1;
     pthread_mutex_init(&dp->mu, NULL);
     uint32_t cap = 1;
@@ -1485,14 +1506,7 @@ void sn_dp_free(struct sn_dp *dp)
 int sn_dp_fileno(const struct sn_dp *dp) { return dp->threaded ? dp->notify_efd : dp->ep; }
 
 /* The TIME_WAIT flow whose time is nearest its end, or -1. */
-static int32_t oldest_time_wait(const struct sn_dp *dp)
-{
-    int32_t best = -1;
-    for (int32_t i = dp->timers; i >= 0; i = dp->flows[i].tnext)
-        if (dp->flows[i].timer == T_TIME_WAIT && (best < 0 || dp->flows[i].timer_at < dp->flows[best].timer_at))
-            best = i;
-    return best;
-}
+static int32_t oldest_time_wait(const struct sn_dp *dp) { return dp->tw_head; }
 
 static int32_t alloc_flow(struct sn_dp *dp, uint64_t id, const struct key *k, uint64_t kh, int fd, int *err)
 {
@@ -1780,6 +1794,12 @@ static void run_timers(struct sn_dp *dp, double now)
             n++;
         }
     }
+    for (int32_t i = dp->tw_head; i >= 0 && dp->flows[i].timer_at <= now; i = dp->flows[i].tnext) {
+        dp->due[n].id = dp->flows[i].id;
+        dp->due[n].idx = i;
+        dp->due[n].aux = dp->flows[i].gen;
+        n++;
+    }
     qsort(dp->due, n, sizeof *dp->due, ready_by_id);
     for (uint32_t k = 0; k < n; k++) {
         struct flow *f = &dp->flows[dp->due[k].idx];
@@ -1819,7 +1839,7 @@ static void run_timers(struct sn_dp *dp, double now)
 
 static double next_deadline(const struct sn_dp *dp)
 {
-    double best = -1.0;
+    double best = dp->tw_head >= 0 ? dp->flows[dp->tw_head].timer_at : -1.0;
     for (int32_t i = dp->timers; i >= 0; i = dp->flows[i].tnext) {
         const struct flow *f = &dp->flows[i];
         if (f->timer != T_NONE && (best < 0 || f->timer_at < best))

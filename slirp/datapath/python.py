@@ -125,7 +125,7 @@ class _Tcp:
         "rcv_wnd_max", "our_mss", "eff_mss", "max_payload", "l4off", "tcp_hlen", "pseudo",
         "timer", "timer_at", "retries", "dupacks", "ack_pending", "want_output", "space_stale",
         "space_max", "watching_out", "host_fin", "kernel_peek", "batch",
-        "state", "host_eof", "fin_sent", "fin_seq",
+        "state", "host_eof", "fin_sent", "fin_seq", "tw_seq",
     )  # fmt: skip
 
 
@@ -195,6 +195,7 @@ class PythonDatapath:
         self._batch = 0
         self._touched: list[_Tcp] = []
         self._tap_error = 0
+        self._tw_seq = 0
 
     # ------------------------------------------------------------------ api
 
@@ -258,7 +259,7 @@ class PythonDatapath:
         f.space_stale = True
         f.space_max = max(0, f.host_space)
         f.watching_out = f.host_fin = False
-        f.state, f.host_eof, f.fin_sent, f.fin_seq = ESTABLISHED, False, False, 0
+        f.state, f.host_eof, f.fin_sent, f.fin_seq, f.tw_seq = ESTABLISHED, False, False, 0, 0
         f.batch = -1
         f.sock = socket.socket(fileno=f.fd)
         f.kernel_peek = False
@@ -417,7 +418,7 @@ class PythonDatapath:
             if not waiting:
                 raise OverflowError("datapath flow table full")
             self._stats["dp.time_wait_ended"] += 1
-            self._forget(min(waiting, key=lambda f: (f.timer_at, f.flow)))
+            self._forget(min(waiting, key=lambda f: (f.timer_at, f.tw_seq)))  # the oldest
 
     def _add(self, f) -> None:
         self._keys[f.key] = f
@@ -632,7 +633,7 @@ class PythonDatapath:
             return
         if plen or flags & (FIN | SYN):
             # a retransmission: our last ACK was lost; stay (netstack restarts too)
-            f.timer, f.timer_at = T_TIME_WAIT, now + TIME_WAIT_S
+            self._time_wait_timer(f, now)
             self._send_ack(f, now)
 
     def _tcp_segment(self, f: _Tcp, b: memoryview, l4: int, l4len: int, doff: int, now: float) -> None:
@@ -1063,7 +1064,12 @@ class PythonDatapath:
         f.fd = -1
         f.state = TIME_WAIT
         f.want_output = f.watching_out = False
-        f.timer, f.timer_at = T_TIME_WAIT, now + TIME_WAIT_S
+        self._time_wait_timer(f, now)
+
+    def _time_wait_timer(self, f: _Tcp, now: float) -> None:
+        """(Re)start TIME_WAIT; ``tw_seq`` orders equal deadlines as native's FIFO does."""
+        self._tw_seq += 1
+        f.timer, f.timer_at, f.tw_seq = T_TIME_WAIT, now + TIME_WAIT_S, self._tw_seq
 
     def _send_rst(self, f: _Tcp) -> None:
         """RST|ACK <SEQ=SND.NXT><ACK=RCV.NXT>, no options, window 0 (netstack's _send_rst)."""

@@ -974,3 +974,29 @@ def test_an_ejection_while_closing_exports_the_state(twin):
     assert ej.state == "FIN_WAIT_1" and ej.host_eof and ej.send_bytes == b"" and ej.tcb["snd_max"] == 1002
     g2.ack = 1002
     assert [type(i) for i in twin.guest(g2.frame(ACK))[0]] == [Frame]
+
+
+def to_time_wait(twin, flow, gport):
+    g = established(twin, flow=flow, gport=gport)
+    twin.each(lambda s: s.conns[flow].peer.shutdown(socket.SHUT_WR))
+    twin.host(wait=True)
+    g.ack = 1002
+    assert twin.guest(g.frame(ACK | FIN))[0] == [Closed(flow, "fin", 0)]
+    return g
+
+
+def test_time_wait_deadlines_follow_entry_and_restart(twin):
+    gs = {}
+    for flow, dt in ((1, 0.0), (2, 0.5), (3, 0.5)):
+        twin.now += dt
+        gs[flow] = to_time_wait(twin, flow, 40000 + flow)
+    start = twin.now - 1.0
+    assert twin.deadline() == pytest.approx(start + 2.0)
+    twin.now = start + 1.2  # flow 1's FIN again: its TIME_WAIT restarts
+    twin.guest(gs[1].frame(ACK | FIN, seq=5001))
+    assert twin.deadline() == pytest.approx(start + 2.5)
+    twin.timers(start + 2.6)
+    assert twin.py.dp.stats()["dp.time_wait_ended"] == 1
+    assert twin.deadline() == pytest.approx(start + 3.0)
+    twin.timers(start + 3.3)
+    assert twin.py.dp.stats()["dp.time_wait_ended"] == 3 and twin.deadline() is None
