@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from .hostpeers import HttpServer, UdpEcho
 from .nsutil import Netns, Slirpnet, World
 
 
@@ -69,3 +70,35 @@ def start_slirpnet(tmp_path, slirpnet_flags):
     yield start
     for s in started:
         s.close()
+
+
+# Host-side servers on loopback (hostpeers), one per test.
+HTTP_BODY = b"<html><body>slirpnet test page</body></html>\n" * 100
+
+
+@pytest.fixture
+def http_server():
+    server = HttpServer("127.0.0.1", HTTP_BODY)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def http6():
+    server = HttpServer("::1", HTTP_BODY)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def udp_echo():
+    server = UdpEcho("127.0.0.1")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def udp_echo6():
+    server = UdpEcho("::1")
+    yield server
+    server.close()

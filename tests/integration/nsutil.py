@@ -287,3 +287,24 @@ def wait_ipv6(ns: Netns, dev: str = "tap0", timeout: float = 15) -> str:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no SLAAC address on {dev}: {addrs!r} {route!r}")
         time.sleep(0.2)
+
+
+def read_until_eof(fd: int, timeout: float) -> bytes:
+    """What ``fd`` (a ready-fd pipe) carries until EOF, then close it; fails the
+    test when EOF does not come within ``timeout`` seconds."""
+    import pytest
+
+    got = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+            if not r:
+                break
+            chunk = os.read(fd, 16)
+            if not chunk:
+                return got
+            got += chunk
+        pytest.fail(f"no EOF on the ready fd (got {got!r})")
+    finally:
+        os.close(fd)

@@ -25,6 +25,7 @@ import pytest
 
 from slirp.api import ERRORS
 
+from .hostpeers import free_ports
 from .nsutil import ENV, SLIRPNET, Netns, stop
 
 CTL = [*SLIRPNET, "ctl"]
@@ -87,28 +88,6 @@ def remove_req(fid) -> bytes:
 
 def err(desc: str) -> bytes:
     return ('{"error":{"desc":"' + desc + '"}}').encode()
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that are free for TCP and UDP on every address right now."""
-    held, ports = [], []
-    try:
-        while len(ports) < n:
-            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(t)
-            t.bind(("0.0.0.0", 0))
-            port = t.getsockname()[1]
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            held.append(u)
-            try:
-                u.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            ports.append(port)
-    finally:
-        for s in held:
-            s.close()
-    return ports
 
 
 def can_bind(proto: str, addr: str, port: int) -> bool:

@@ -34,7 +34,8 @@ import time
 import pytest
 
 from .nsutil import ENV, ROOT, SLIRPNET, pid_alive, spawn, stop
-from .test_api import can_bind, free_ports
+from .hostpeers import free_ports
+from .test_api import can_bind
 
 pytestmark = pytest.mark.clients
 

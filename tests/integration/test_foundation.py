@@ -13,9 +13,8 @@ import signal
 import subprocess
 import time
 
-import pytest
 
-from .nsutil import ENV, SLIRPNET, Netns, pid_alive, stop
+from .nsutil import ENV, SLIRPNET, Netns, pid_alive, read_until_eof, stop
 
 
 def links(ns: Netns) -> dict:
@@ -120,7 +119,7 @@ def test_netns_type_path_from_inside_the_user_namespace(netns, tmp_path):
     )  # fmt: skip
     os.close(w)
     try:
-        assert _read_all(r, 20) == b"1"
+        assert read_until_eof(r, 20) == b"1"
         assert ping(netns, "10.0.2.2").returncode == 0
     finally:
         stop(proc)
@@ -152,7 +151,7 @@ def test_ready_fd_is_written_once_everything_is_configured(netns, tmp_path):
     )  # fmt: skip
     os.close(w)
     try:
-        assert _read_all(r, 20) == b"1"  # exactly one byte, then EOF: the fd was closed
+        assert read_until_eof(r, 20) == b"1"  # exactly one byte, then EOF: the fd was closed
         # By then the address is configured and the stack answers.
         assert ipv4_addrs(links(netns)["tap0"]) == [("10.0.2.100", 24)]
         assert ping(netns, "10.0.2.2").returncode == 0
@@ -267,22 +266,3 @@ def test_run_forwards_sigterm_to_the_command():
     finally:
         stop(proc)
         proc.stdout.close()
-
-
-def _read_all(fd: int, timeout: float) -> bytes:
-    import select
-
-    got = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], deadline - time.monotonic())
-            if not r:
-                break
-            chunk = os.read(fd, 16)
-            if not chunk:
-                return got
-            got += chunk
-        pytest.fail(f"no EOF on the ready fd (got {got!r})")
-    finally:
-        os.close(fd)

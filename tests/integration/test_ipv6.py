@@ -13,7 +13,6 @@ Traffic goes only to the host's loopback or to namespaces the test made
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
@@ -21,11 +20,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
 
+from .hostpeers import free_port, guest_udp
 from .nsutil import ENV, ROOT, SLIRPNET, World, spawn, stop, wait_ipv6
 from .test_api import add_req, request
 from .test_outbound_udp import dig
@@ -34,88 +33,9 @@ GIB = 1 << 30
 CONFINE = ["--enable-sandbox", "--enable-seccomp"]
 
 
-def free_port6(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET6, kind) as s:
-        s.bind(("::1", 0))
-        return s.getsockname()[1]
-
-
 def snmp6(ns) -> dict[str, int]:
     text = ns.run("cat", "/proc/net/snmp6", check=True).stdout.decode()
     return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
-
-
-class Http6Server:
-    """An HTTP server on the host's ::1 serving a known page."""
-
-    BODY = b"<html><body>slirpnet over IPv6</body></html>\n" * 50
-
-    def __init__(self):
-        body = self.BODY
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET6
-
-        self.httpd = Server(("::1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class UdpEcho6:
-    """A UDP echo server on the host's ::1 (a thread)."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        self.sock.bind(("::1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.1)
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stopping:
-            try:
-                data, peer = self.sock.recvfrom(70000)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.sock.sendto(data, peer)
-
-    def close(self):
-        self.stopping = True
-        self.thread.join(2)
-        self.sock.close()
-
-
-@pytest.fixture
-def http6():
-    server = Http6Server()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def udp_echo6():
-    server = UdpEcho6()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -123,29 +43,6 @@ def sockdir():
     d = tempfile.mkdtemp(prefix="sn6-")
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-GUEST_UDP6 = """
-import socket, sys
-addr, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.settimeout(3)
-payload = bytes(i % 251 for i in range(size))
-s.connect((addr, port))  # connected: ICMPv6 errors reach the socket
-s.send(payload)
-try:
-    data, peer = s.recvfrom(70000)
-    print(peer[0], peer[1], len(data), data == payload)
-except ConnectionRefusedError:
-    print("refused")
-except TimeoutError:
-    print("timeout")
-"""
-
-
-def guest_udp6(ns, addr: str, port: int, size: int = 5) -> str:
-    res = ns.run(sys.executable, "-c", GUEST_UDP6, addr, str(port), str(size), timeout=20)
-    return res.stdout.decode().strip() or res.stderr.decode()
 
 
 def start6(start_slirpnet, ns, *extra, prefix=None):
@@ -219,8 +116,8 @@ def test_curl_and_ncat_to_host_loopback_over_ipv6(netns, start_slirpnet, http6):
     start6(start_slirpnet, netns)
     res = netns.run("curl", "-sS", "-g", "--max-time", "10", f"http://[fd00::2]:{http6.port}/", timeout=20)
     assert res.returncode == 0, res.stderr
-    assert res.stdout == Http6Server.BODY
-    port = free_port6()
+    assert res.stdout == http6.body
+    port = free_port("::1")
     server = spawn(["socat", f"TCP6-LISTEN:{port},bind=[::1],reuseaddr,fork", "EXEC:cat"])
     try:
         time.sleep(0.3)
@@ -232,14 +129,14 @@ def test_curl_and_ncat_to_host_loopback_over_ipv6(netns, start_slirpnet, http6):
 
 def test_udp_and_fragments_both_ways_over_ipv6(netns, start_slirpnet, udp_echo6):
     start6(start_slirpnet, netns)
-    assert guest_udp6(netns, "fd00::2", udp_echo6.port) == f"fd00::2 {udp_echo6.port} 5 True"
+    assert guest_udp(netns, "fd00::2", udp_echo6.port) == f"fd00::2 {udp_echo6.port} 5 True"
     before = snmp6(netns)
-    assert guest_udp6(netns, "fd00::2", udp_echo6.port, 30000) == f"fd00::2 {udp_echo6.port} 30000 True"
+    assert guest_udp(netns, "fd00::2", udp_echo6.port, 30000) == f"fd00::2 {udp_echo6.port} 30000 True"
     after = snmp6(netns)
     assert after["Ip6FragCreates"] > before["Ip6FragCreates"]  # the guest fragmented its datagram
     assert after["Ip6ReasmOKs"] > before["Ip6ReasmOKs"]  # and reassembled ours
     # A closed port: ICMPv6 port unreachable, the guest's socket sees ECONNREFUSED.
-    assert guest_udp6(netns, "fd00::2", free_port6(socket.SOCK_DGRAM)) == "refused"
+    assert guest_udp(netns, "fd00::2", free_port("::1", socket.SOCK_DGRAM)) == "refused"
 
 
 def test_disable_host_loopback_over_ipv6(netns, start_slirpnet, http6):
@@ -268,7 +165,7 @@ def test_tcp_udp_and_ping_to_a_remote_namespace_over_ipv6(world, start_slirpnet)
         res = world.guest.run("ping", "-6", "-c2", "-W2", remote, timeout=15)
         assert res.returncode == 0 and b"2 received" in res.stdout, res.stdout
         assert b"ttl=64" in res.stdout  # the remote's own reply, relayed (not ours: 255)
-        assert guest_udp6(world.guest, remote, 9) == "refused"  # a closed port over there
+        assert guest_udp(world.guest, remote, 9) == "refused"  # a closed port over there
         # Nobody answers neighbour solicitation for ::3 on the host's veth: address unreachable.
         res = world.guest.run("ncat", "-6", "-w8", "2001:db8:1::3", "80", input=b"", timeout=20)
         assert b"No route to host" in res.stderr, res.stderr
@@ -412,7 +309,7 @@ def test_ipv6_forwards_through_the_api_and_ctl(netns, start_slirpnet, sockdir):
         guest_server(netns, GUEST_UDP_SERVER, "::", 53),
     ]
     try:
-        tport, uport, vport = free_port6(), free_port6(socket.SOCK_DGRAM), free_port6()
+        tport, uport, vport = free_port("::1"), free_port("::1", socket.SOCK_DGRAM), free_port("::1")
         # The API JSON with IPv6 addresses on both sides.
         assert request(path, add_req("tcp", tport, 80, host_addr="::1", guest_addr=guest6)) == b'{"return":{"id":1}}'
         assert tcp_ask("::1", tport) == b"fd00::2 hi"  # a loopback client appears as the gateway
@@ -470,7 +367,7 @@ print(c.recv(100).decode())
 
 
 def test_run_publish_ipv6(tmp_path):
-    port = free_port6()
+    port = free_port("::1")
     guest = (
         "import socket, sys\n"
         "l = socket.socket(socket.AF_INET); l.bind(('0.0.0.0', 8000)); l.listen(1)\n"
@@ -503,7 +400,7 @@ def test_ipv6_under_sandbox_and_seccomp(netns, start_slirpnet, http6):
     assert "seccomp: The following syscalls are blocked: " in s.stdout()
     assert netns.run("ping", "-6", "-c1", "-W2", "fd00::2").returncode == 0
     res = netns.run("curl", "-sS", "-g", "--max-time", "10", f"http://[fd00::2]:{http6.port}/", timeout=20)
-    assert res.stdout == Http6Server.BODY, res.stderr
+    assert res.stdout == http6.body, res.stderr
 
 
 @pytest.mark.slow
@@ -511,7 +408,7 @@ def test_ipv6_under_sandbox_and_seccomp(netns, start_slirpnet, http6):
 @pytest.mark.parametrize("direction", ["guest_to_host", "host_to_guest"])
 def test_one_gib_byte_exact_over_ipv6(netns, start_slirpnet, tmp_path, direction):
     """sha256 over 1 GiB of random data, each way, through one IPv6 connection."""
-    port = free_port6()
+    port = free_port("::1")
     sums = tmp_path / "sums"
     sums.mkdir()
     sums.chmod(0o777)

@@ -2,67 +2,24 @@
 
 from __future__ import annotations
 
-import http.server
 import pathlib
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
+from .hostpeers import free_port
 from .nsutil import ENV, SLIRPNET, World, spawn, stop
 
 GIB = 1 << 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class HttpServer:
-    """An HTTP server on the host's loopback serving a known page."""
-
-    BODY = b"<html><body>slirpnet test page</body></html>\n" * 100
-
-    def __init__(self):
-        body = self.BODY
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def http_server():
-    server = HttpServer()
-    yield server
-    server.close()
 
 
 def test_http_get_from_host_loopback(netns, start_slirpnet, http_server):
     start_slirpnet(["-c", str(netns.pid), "tap0"])
     res = netns.run("curl", "-sS", "--max-time", "10", f"http://10.0.2.2:{http_server.port}/", timeout=20)
     assert res.returncode == 0, res.stderr
-    assert res.stdout == HttpServer.BODY
+    assert res.stdout == http_server.body
 
 
 def test_run_curl_fetches_a_page_from_the_host(http_server):
@@ -71,7 +28,7 @@ def test_run_curl_fetches_a_page_from_the_host(http_server):
         capture_output=True, env=ENV, timeout=30,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert res.stdout == HttpServer.BODY
+    assert res.stdout == http_server.body
 
 
 def test_tcp_echo_with_socat_and_ncat(netns, start_slirpnet):

@@ -11,71 +11,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
+from .hostpeers import UdpEcho, guest_udp
 from .nsutil import ROOT, World, spawn, stop
-
-GUEST_UDP = """
-import socket, sys
-addr, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-payload = bytes(i % 251 for i in range(size))
-s.sendto(payload, (addr, port))
-data, peer = s.recvfrom(70000)
-print(peer[0], peer[1], len(data), data == payload)
-"""
-
 
 def snmp(ns, section: str) -> dict[str, int]:
     text = ns.run("cat", "/proc/net/snmp", check=True).stdout.decode()
     names, values = [line.split()[1:] for line in text.splitlines() if line.startswith(section + ":")]
     return dict(zip(names, map(int, values)))
-
-
-class UdpEcho:
-    """A UDP echo server on the host's loopback, in a thread; records peers."""
-
-    def __init__(self, addr: str = "127.0.0.1"):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((addr, 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.1)
-        self.peers: list = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping:
-            try:
-                data, peer = self.sock.recvfrom(70000)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.peers.append(peer)
-            self.sock.sendto(data, peer)
-
-    def close(self) -> None:
-        self.stopping = True
-        self.thread.join(2)
-        self.sock.close()
-
-
-@pytest.fixture
-def udp_echo():
-    server = UdpEcho()
-    yield server
-    server.close()
-
-
-def guest_udp(ns, addr: str, port: int, size: int = 5) -> str:
-    res = ns.run(sys.executable, "-c", GUEST_UDP, addr, str(port), str(size), timeout=20)
-    return res.stdout.decode().strip() or res.stderr.decode()
 
 
 def test_udp_to_host_loopback_through_the_gateway(netns, start_slirpnet, udp_echo):

@@ -25,7 +25,8 @@ import time
 import pytest
 
 from .nsutil import ENV, SLIRPNET, Netns, World, spawn, stop
-from .test_api import add_req, can_bind, fd_count, fd_count_becomes, free_ports, remove_req, request
+from .hostpeers import free_ports
+from .test_api import add_req, can_bind, fd_count, fd_count_becomes, remove_req, request
 
 FWDPEERS = str(pathlib.Path(__file__).with_name("fwdpeers.py"))
 GATEWAY = "10.0.2.2"

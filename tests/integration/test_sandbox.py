@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import pathlib
-import select
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 
 from slirp.seccomp import BLOCKED_SYSCALLS
 
-from .nsutil import ENV, ROOT, SLIRPNET, stop
+from .nsutil import ENV, ROOT, SLIRPNET, read_until_eof, stop
 
 NET_BIND_SERVICE_MASK = 1 << 10
 SIGSYS_STATUS = -signal.SIGSYS
@@ -192,7 +191,7 @@ def test_podman_default_argv_from_inside_the_user_namespace(netns, tmp_path):
     os.close(exit_r)
     os.close(ready_w)
     try:
-        assert _read_all(ready_r, 20) == b"1", (tmp_path / "err").read_text()
+        assert read_until_eof(ready_r, 20) == b"1", (tmp_path / "err").read_text()
         assert_confined(proc.pid)
         assert status_fields(proc.pid)["Seccomp"] == "2"
         link = json.loads(netns.run("ip", "-j", "link", "show", "tap0", check=True).stdout)
@@ -326,23 +325,6 @@ def test_version_reports_the_libseccomp_in_use():
 
     assert line == [f"libseccomp: {library().version()}"]
     assert line[0] != "libseccomp: none"
-
-
-def _read_all(fd: int, timeout: float) -> bytes:
-    got = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], deadline - time.monotonic())
-            if not r:
-                break
-            chunk = os.read(fd, 16)
-            if not chunk:
-                return got
-            got += chunk
-        pytest.fail(f"no EOF on the ready fd (got {got!r})")
-    finally:
-        os.close(fd)
 
 
 def test_run_subcommand_confinement_failure_is_125_and_the_command_never_runs(tmp_path):
