@@ -41,6 +41,9 @@ METRICS = {m.key: m for m in [
     *[Metric(f"conn_{d}_{i}", f"conn/s {d} batch {i}", "conn/s", "higher") for d in ("out", "in") for i in (1, 2, 3)],
     Metric("conn_out", "conn/s out", "conn/s", "higher"),
     Metric("conn_in", "conn/s in", "conn/s", "higher"),
+    Metric("tcp6_out_1", "TCP out IPv6", "Gbit/s", "higher"),
+    Metric("tcp6_in_1", "TCP in IPv6", "Gbit/s", "higher"),
+    *[Metric(f"rr6_{d}_{s}", f"RR {d} IPv6 {s}", "µs", "lower") for d in ("out", "in") for s in ("min", "median", "p99")],
 ]}
 
 

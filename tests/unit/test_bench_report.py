@@ -190,7 +190,42 @@ def test_select_measurements_by_name_kind_direction_and_pair():
     assert metrics.select_measurements(None) == list(metrics.MEASUREMENTS)
     assert metrics.select_measurements(["rr"]) == ["rr-out", "rr-in"]
     assert metrics.select_measurements(["tcp-in"]) == ["tcp-in-1", "tcp-in-4"]
-    assert metrics.select_measurements(["in"]) == ["tcp-in-1", "tcp-in-4", "rr-in", "conn-in"]
+    assert metrics.select_measurements(["in"]) == ["tcp-in-1", "tcp-in-4", "rr-in", "conn-in", "tcp6-in-1", "rr6-in"]
     assert metrics.select_measurements(["udp", "conn-out"]) == ["udp-out", "conn-out"]
     with pytest.raises(ValueError):
         metrics.select_measurements(["bogus"])
+
+
+def test_select_ipv6_measurements_by_family_kind_and_pair():
+    assert metrics.select_measurements(["ipv6"]) == ["tcp6-out-1", "tcp6-in-1", "rr6-out", "rr6-in"]
+    assert metrics.select_measurements(["tcp6"]) == ["tcp6-out-1", "tcp6-in-1"]
+    assert metrics.select_measurements(["rr6-out", "tcp-out-1"]) == ["tcp-out-1", "rr6-out"]
+    assert "tcp6-out-1" not in metrics.select_measurements(["tcp", "ipv4"])
+    assert metrics.needs_ipv6(["tcp-out-1", "rr6-in"]) and not metrics.needs_ipv6(["tcp-out-1"])
+
+
+def test_every_measurement_produces_metrics_the_report_knows():
+    for name, m in metrics.MEASUREMENTS.items():
+        assert metrics.PRODUCES[name] and all(k in report.METRICS for k in metrics.PRODUCES[name])
+        assert m.route == m.direction + ("6" if m.ip == 6 else "")
+        assert name.startswith(m.family_kind + "-")
+
+
+# -- IPv6 addresses of the guest ----------------------------------------------------
+
+def test_parse_if_inet6_reads_addresses_and_dad_state():
+    from benchmarks import procs
+
+    text = ("fd000000000000005055fffe0a000264 03 40 00 40     tap0\n"   # SLAAC, still tentative
+            "fe800000000000005055fffe0a000264 03 40 20 80     tap0\n"   # link-local, usable
+            "fd000000000000000000000000000100 04 40 00 82     veth1\n"  # nodad, permanent
+            "fd000000000000000000000000000101 04 40 00 88     veth1\n"  # DAD failed
+            "00000000000000000000000000000001 01 80 10 80       lo\n"
+            "garbage\n")
+    addrs = procs.parse_if_inet6(text)
+    assert [str(a.address) for a in addrs] == [
+        "fd00::5055:fffe:a00:264", "fe80::5055:fffe:a00:264", "fd00::100", "fd00::101", "::1"]
+    slaac, link, static, dup, lo = addrs
+    assert (slaac.dev, slaac.ifindex, slaac.prefix_len, slaac.scope) == ("tap0", 3, 64, 0)
+    assert link.scope == 0x20 and lo.prefix_len == 128
+    assert [a.usable for a in addrs] == [False, True, True, False, True]
