@@ -11,8 +11,10 @@ measurements use the same ports plus 10.
 
 A route is a direction and a family: "out", "in", "out6", "in6".  With
 ``ipv6=True`` a row also sets up IPv6 (the helper's --enable-ipv6, forwards
-from H's ::1 or fd09::1 to the guest's fd00::/64 address); what a row cannot
-do is listed in ``Running.unsupported`` with the reason (reported as "n/a").
+from H's ::1 or fd09::1 to the guest's fd00::/64 address) and waits until the
+guest's address is usable; the IPv4 measurements of such a run then also run
+with IPv6 enabled (as rootless Podman runs its helpers).  What a row cannot do
+is listed in ``Running.unsupported`` with the reason (reported as "n/a").
 """
 
 from __future__ import annotations
@@ -275,7 +277,8 @@ class Row:
             time.sleep(0.02)
         if topo.ipv6:
             try:
-                topo.guest.wait_ipv6_address("tap0", GUEST_PREFIX6, helper, max(1.0, deadline - time.monotonic()))
+                topo.guest.wait_ipv6_address("tap0", f"{GUEST_ADDR6}/128", helper,
+                                             max(1.0, deadline - time.monotonic()))
             except RuntimeError as e:
                 running.stop()
                 raise RowFailed(f"{e}{_tail(errpath)}") from None
@@ -296,7 +299,7 @@ ROWS = [
     Row("slirp4netns-1500", "slirp4netns 1500", "slirp4netns", mtu=1500,
         description="the same at MTU 1500"),
     Row("pasta-tap", "pasta TAP", "pasta", variant="tap",
-        description="pasta with -T none -U none; inbound from H's non-loopback address 10.0.9.1, "
+        description="pasta with -T none -U none; inbound from H's non-loopback address 10.0.9.1 (IPv6: fd09::1), "
                     "so it takes the TAP path (pasta splices every loopback-sourced connection)"),
     Row("pasta-splice", "pasta splice", "pasta", variant="splice",
         description="pasta's defaults, inbound from 127.0.0.1: spliced to the guest's loopback "
