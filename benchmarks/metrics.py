@@ -127,16 +127,13 @@ class Bench:
         self.topo, self.running, self.tool, self.d = topo, running, tool, durations
 
     # -- plumbing -----------------------------------------------------------
-    def _sides(self, direction: str, ip: int = 4):
-        """(server namespace, server bind address, client namespace, client target)."""
-        bind, target = self.running.addresses(direction, ip)
-        if direction == "out":
-            return self.topo.host, bind, self.topo.guest, target
-        return self.topo.guest, bind, self.topo.host, target
+    def _namespaces(self, direction: str):
+        """(server namespace, client namespace): "out" servers listen in H, "in" ones in G."""
+        return (self.topo.host, self.topo.guest) if direction == "out" else (self.topo.guest, self.topo.host)
 
     def _client_run(self, direction: str, server_argv: list[str], port: int, client_argv: list[str],
                     timeout_s: float, proto: str = "tcp") -> dict:
-        srv_ns, cli_ns = (self.topo.host, self.topo.guest) if direction == "out" else (self.topo.guest, self.topo.host)
+        srv_ns, cli_ns = self._namespaces(direction)
         server = procs.spawn(srv_ns.enter(server_argv))
         try:
             srv_ns.wait_listening(port, server, proto="tcp")
@@ -176,7 +173,7 @@ class Bench:
 
     def _iperf(self, m: Measurement, udp: bool) -> dict:
         direction, streams = m.direction, m.streams
-        _, bind, _, target = self._sides(direction, m.ip)
+        bind, target = self.running.addresses(direction, m.ip)
         port = self._port(m, Ports.IPERF_OUT, Ports.IPERF_IN)
         secs = self.d.udp_s if udp else self.d.tcp6_s if m.ip == 6 else self.d.tcp_s
         server = ["iperf3", "-s", "-1", "-B", bind, "-p", str(port)]
@@ -219,7 +216,7 @@ class Bench:
         return self._iperf(m, udp=True)
 
     def _tool_run(self, m: Measurement, mode: str, port: int, args: list[str], timeout_s: float) -> dict:
-        _, bind, _, target = self._sides(m.direction, m.ip)
+        bind, target = self.running.addresses(m.direction, m.ip)
         server = [str(self.tool), f"{mode}-server", bind, str(port)]
         client = [str(self.tool), f"{mode}-client", target, str(port), *args]
         raw = self._client_run(m.direction, server, port, client, timeout_s)
