@@ -27,7 +27,7 @@ from .rows import ALL_ROWS, REFERENCE_ROW, ROOT, ROWS, RowFailed
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 QUICK_ROWS = ["kernel", "slirpnet-native", "slirpnet-python", "slirp4netns-65520", "pasta-tap"]
 QUICK_MEASUREMENTS = ["tcp-out-1", "tcp-in-1", "udp-out", "rr-out", "conn-out"]
-QUICK_DURATIONS = metrics.Durations(tcp_s=1.0, udp_s=1.0, rr_s=0.5, conn_batch_s=0.3)
+QUICK_DURATIONS = metrics.Durations(tcp_s=1.0, udp_s=1.0, rr_s=0.5, conn_batch_s=0.3, tcp6_s=1.0, rr6_s=0.5)
 TOOLS = ["iperf3", "gcc", "ip", "nsenter", "unshare"]
 
 
@@ -48,10 +48,10 @@ def parse_args(argv):
                    help="comma-separated rows or prefixes (e.g. kernel,slirp4netns,slirpnet-native); "
                         "'all' adds the extra rows")
     p.add_argument("--metrics", metavar="M",
-                   help="comma-separated measurements, kinds (tcp, udp, rr, conn), directions (out, in) "
-                        "or kind-direction (tcp-in)")
+                   help="comma-separated measurements, kinds (tcp, udp, rr, conn; IPv6: tcp6, rr6), "
+                        "directions (out, in), kind-direction (tcp-in, rr6-out) or families (ipv4, ipv6)")
     p.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    p.add_argument("--tcp-seconds", type=float, help="iperf3 -t for TCP and UDP (default 3)")
+    p.add_argument("--tcp-seconds", type=float, help="iperf3 -t for TCP and UDP, IPv6 too (default 3; IPv6: 2)")
     p.add_argument("--out-dir", type=pathlib.Path, default=RESULTS_DIR, help="where results go (%(default)s)")
     p.add_argument("--readme", action="store_true",
                    help="also write results/readme.{json,md,png} and replace the table block in README.md")
@@ -169,28 +169,32 @@ def run_row_rep(row, rep: int, selected: list[str], tool, durations, workdir, py
         result["error"] = f"{missing} is not installed"
         return result
     topo = running = None
+    t0 = time.monotonic()
     try:
-        topo = procs.Topology()
+        topo = procs.Topology(ipv6=metrics.needs_ipv6(selected))
         running = row.start(topo, workdir, python)
+        result["start_s"] = round(time.monotonic() - t0, 2)
         bench = metrics.Bench(topo, running, tool, durations)
-        broken: dict[str, str] = {}
+        broken: dict[str, str] = {}  # route -> the error that broke it
         for name in selected:
-            direction = metrics.MEASUREMENTS[name][0]
-            if direction not in running.directions:
-                raw = {"skipped": "same path as pasta-tap" if row.variant == "splice" else "not measured"}
-            elif direction == "in" and running.in_error:
-                raw = {"error": running.in_error}
+            route = metrics.MEASUREMENTS[name].route
+            t1 = time.monotonic()
+            if route in running.unsupported:
+                raw = {"skipped": running.unsupported[route]}
+            elif route in running.errors:
+                raw = {"error": running.errors[route]}
             elif reason := running.helper_exit_reason():
                 raw = {"error": reason}
-            elif direction in broken:
-                raw = {"error": broken[direction], "not_run": True}
+            elif route in broken:
+                raw = {"error": broken[route], "not_run": True}
             else:
                 raw = bench.measure(name)
                 if "error" in raw:
                     if reason := running.helper_exit_reason():
                         raw["error"] = f"{raw['error']} ({reason})"
-                    broken[direction] = raw["error"]
+                    broken[route] = raw["error"]
             raw["produces"] = metrics.PRODUCES[name]
+            raw["elapsed_s"] = round(time.monotonic() - t1, 2)
             result["measurements"][name] = raw
             print(f"   {row.name:<22} {name:<10} {describe(raw)}", flush=True)
     except RowFailed as e:
@@ -205,6 +209,7 @@ def run_row_rep(row, rep: int, selected: list[str], tool, durations, workdir, py
         if topo:
             topo.close()
         result["other_cpu"] = round(share.other_fraction(), 3)
+        result["elapsed_s"] = round(time.monotonic() - t0, 2)
     return result
 
 
@@ -242,7 +247,7 @@ def main(argv=None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     durations = QUICK_DURATIONS if args.quick else metrics.Durations()
     if args.tcp_seconds:
-        durations.tcp_s = durations.udp_s = args.tcp_seconds
+        durations.tcp_s = durations.udp_s = durations.tcp6_s = args.tcp_seconds
 
     nofile = raise_nofile_limit()
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -1,8 +1,14 @@
-"""A PNG of the medians (matplotlib, the ``bench`` extra); rows that failed are labelled."""
+"""A PNG of the medians (matplotlib, the ``bench`` extra); rows that failed are labelled.
+
+One panel per group of metrics the run produced (the IPv6 panels only with IPv6
+measurements), three panels to a line.
+"""
 
 from __future__ import annotations
 
 import pathlib
+
+import math
 
 from .report import fmt, machine_line
 
@@ -13,7 +19,16 @@ PANELS = [
     ("Request/response median (µs)", [("rr_out_median", "out"), ("rr_in_median", "in")]),
     ("Connections per second", [("conn_out", "out"), ("conn_in", "in")]),
     ("Helper CPU (s per GB)", [("cpu_out", "out"), ("cpu_in", "in")]),
+    ("IPv6 TCP throughput (Gbit/s)", [("tcp6_out_1", "out"), ("tcp6_in_1", "in")]),
+    ("IPv6 request/response median (µs)", [("rr6_out_median", "out"), ("rr6_in_median", "in")]),
 ]
+COLUMNS = 3
+
+
+def panels(doc: dict) -> list:
+    """The panels with at least one metric some row has (measured, failed or n/a)."""
+    keys = {key for row in doc["rows"].values() for key in row.get("summary", {})}
+    return [(title, series) for title, series in PANELS if any(k in keys for k, _ in series)]
 
 
 def plot(doc: dict, path: pathlib.Path) -> None:
@@ -24,8 +39,12 @@ def plot(doc: dict, path: pathlib.Path) -> None:
 
     rows = list(doc["rows"].values())
     labels = [r["label"] for r in rows]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    for ax, (title, series) in zip(axes.flat, PANELS):
+    shown = panels(doc) or PANELS[:COLUMNS]
+    lines = math.ceil(len(shown) / COLUMNS)
+    fig, axes = plt.subplots(lines, COLUMNS, figsize=(15, 4.25 * lines), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax, (title, series) in zip(axes.flat, shown):
         n = len(series)
         height = 0.8 / n
         for j, (key, name) in enumerate(series):
@@ -36,8 +55,9 @@ def plot(doc: dict, path: pathlib.Path) -> None:
                 if v is not None:
                     ax.text(bar.get_width(), y, f" {fmt(key, v)}", va="center", fontsize=7)
         for i, r in enumerate(rows):
-            if all((r["summary"].get(k) or {}).get("median") is None for k, _ in series):
-                reason = "n/a" if all("skipped" in (r["summary"].get(k) or {}) for k, _ in series) else "failed"
+            found = [r["summary"][k] for k, _ in series if k in r["summary"]]  # measured, failed or n/a
+            if found and all("median" not in s for s in found):
+                reason = "n/a" if all("skipped" in s for s in found) else "failed"
                 ax.text(0, i, f" {reason}", va="center", fontsize=7, color="gray")
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()

@@ -22,15 +22,25 @@ ext0 gives H a routable interface (pasta insists on one) and a non-loopback
 local address (pasta splices every connection whose source is loopback, so its
 TAP path inbound can only be measured from such an address).  Traffic goes
 only to loopback and to H and G.
+
+With IPv6 measurements (``Topology(ipv6=True)``) ext0 also has fd09::1/64 and
+H an IPv6 default route via fd09::2 (pasta enables IPv6 only with one); the
+guest's addresses are in fd00::/64 (SLAAC from the helper's router
+advertisements, pasta's fd00::100, or the kernel row's static fd00::100).
+Static addresses are added with ``nodad``; those the guest makes itself are
+waited for until duplicate address detection cleared them
+(:meth:`Namespace.wait_ipv6_address`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 
 HOLDER_SLEEP_S = 2700  # bounds a namespace holder even if everything else fails (a run takes < 15 min)
 STOP_GRACE_S = 3.0
@@ -152,6 +162,41 @@ class CpuShare:
         return max(0.0, other) / elapsed if elapsed > 0 else 0.0
 
 
+# Flags of /proc/net/if_inet6 (include/uapi/linux/if_addr.h)
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+
+
+@dataclass(frozen=True)
+class Inet6Address:
+    """One line of /proc/net/if_inet6: an IPv6 address of an interface."""
+
+    address: ipaddress.IPv6Address
+    ifindex: int
+    prefix_len: int
+    scope: int  # 0: global, 0x20: link
+    flags: int
+    dev: str
+
+    @property
+    def usable(self) -> bool:
+        """Past duplicate address detection (or never subject to it)."""
+        return not self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
+
+
+def parse_if_inet6(text: str) -> list[Inet6Address]:
+    """The addresses in /proc/net/if_inet6: 32 hex digits, then index, prefix length,
+    scope and flags in hex, then the device name."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 6 or len(parts[0]) != 32:
+            continue
+        out.append(Inet6Address(ipaddress.IPv6Address(int(parts[0], 16)), int(parts[1], 16), int(parts[2], 16),
+                                int(parts[3], 16), int(parts[4], 16), parts[5]))
+    return out
+
+
 class Namespace:
     """A sleeping process in a new user + network namespace (``unshare -rn``).
 
@@ -225,6 +270,34 @@ class Namespace:
             pass
         return counts
 
+    def ipv6_addresses(self, dev: str) -> list[Inet6Address]:
+        try:
+            with open(f"/proc/{self.pid}/net/if_inet6") as f:
+                text = f.read()
+        except OSError:
+            return []
+        return [a for a in parse_if_inet6(text) if a.dev == dev]
+
+    def wait_ipv6_address(self, dev: str, prefix: str, proc: subprocess.Popen | None = None,
+                          timeout_s: float = 15.0) -> str:
+        """An address of DEV in PREFIX once it is usable (SLAAC and DAD take seconds)."""
+        net = ipaddress.IPv6Network(prefix)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            addrs = [a for a in self.ipv6_addresses(dev) if a.address in net]
+            if any(a.flags & IFA_F_DADFAILED for a in addrs):
+                raise RuntimeError(f"{self.name}: duplicate address detection failed on {dev} ({addrs[0].address})")
+            for a in addrs:
+                if a.usable:
+                    return str(a.address)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"exited with status {proc.returncode} before {dev} had an address in {prefix}")
+            if time.monotonic() > deadline:
+                state = ", ".join(f"{a.address} flags {a.flags:#x}" for a in addrs) or "none"
+                raise RuntimeError(f"{self.name}: no usable address in {prefix} on {dev} after "
+                                   f"{timeout_s:.0f} s (have: {state})")
+            time.sleep(0.05)
+
     def close(self) -> None:
         stop(self.proc, grace_s=1.0)
 
@@ -233,6 +306,7 @@ class Topology:
     """H (the helper's host) and G (the guest) for one row and repetition."""
 
     HOST_EXT_ADDR = "10.0.9.1"
+    HOST_EXT_ADDR6 = "fd09::1"
     # Both client namespaces get a wide ephemeral port range (the benchmark's servers use 52xx)
     # and tcp_tw_reuse=1 (the default, 2, allows it on loopback only): the connection-rate
     # clients close first and leave ~15k TIME_WAIT ports per second; without reuse, connect()
@@ -243,8 +317,11 @@ class Topology:
         "echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse\n"
     )
 
-    def __init__(self):
+    def __init__(self, ipv6: bool = False):
         self.host = self.guest = None
+        self.ipv6 = ipv6
+        ext6 = (f"ip addr add {self.HOST_EXT_ADDR6}/64 dev ext0 nodad\n"
+                "ip -6 route add default via fd09::2 dev ext0\n") if ipv6 else ""
         try:
             self.host = Namespace("host")
             self.host.sh(
@@ -253,7 +330,7 @@ class Topology:
                 f"ip addr add {self.HOST_EXT_ADDR}/24 dev ext0\n"
                 "ip link set ext0 up\n"
                 "ip link set ext1 up\n"
-                "ip route add default via 10.0.9.2 dev ext0\n" + self.CLIENT_SYSCTLS
+                "ip route add default via 10.0.9.2 dev ext0\n" + ext6 + self.CLIENT_SYSCTLS
             )
             self.guest = Namespace("guest", parent=self.host)
             self.guest.sh("ip link set lo up\n" + self.CLIENT_SYSCTLS)
@@ -262,13 +339,17 @@ class Topology:
             raise
 
     def add_veth(self, mtu: int) -> None:
-        """The kernel row: veth0 10.0.2.2 in H, veth1 10.0.2.100 in G."""
+        """The kernel row: veth0 10.0.2.2 in H, veth1 10.0.2.100 in G (and fd00::2, fd00::100)."""
+        v6 = self.ipv6
         self.host.sh(
             f"ip link add veth0 mtu {mtu} type veth peer name veth1 mtu {mtu} netns {self.guest.pid}\n"
             "ip addr add 10.0.2.2/24 dev veth0\n"
-            "ip link set veth0 up\n"
+            + ("ip addr add fd00::2/64 dev veth0 nodad\n" if v6 else "")
+            + "ip link set veth0 up\n"
         )
-        self.guest.sh("ip addr add 10.0.2.100/24 dev veth1; ip link set veth1 up")
+        self.guest.sh("ip addr add 10.0.2.100/24 dev veth1\n"
+                      + ("ip addr add fd00::100/64 dev veth1 nodad\n" if v6 else "")
+                      + "ip link set veth1 up")
 
     def close(self) -> None:
         if self.guest:

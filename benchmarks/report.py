@@ -8,6 +8,13 @@ success, ``"error"`` on failure, ``"skipped"`` where the row does not apply).
 A metric's value for a row is the median over the repetitions that produced
 it; a metric no repetition produced carries the first failure reason instead.
 Ratios are row ÷ reference row (slirp4netns at MTU 65520) of those medians.
+
+IPv6 metrics (tcp6_*, rr6_*) get a table of their own, with each row's IPv6
+throughput also as a fraction of its IPv4 one; the ratio table has IPv6
+columns only for the metrics the reference row has (slirp4netns cannot
+forward ports over IPv6, so there is no "TCP in IPv6" ratio).  A document
+without IPv6 metrics renders as before; one with IPv6 metrics only (e.g.
+``--metrics ipv6``) leaves out the IPv4 tables and ratio columns.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ METRICS = {m.key: m for m in [
     *[Metric(f"conn_{d}_{i}", f"conn/s {d} batch {i}", "conn/s", "higher") for d in ("out", "in") for i in (1, 2, 3)],
     Metric("conn_out", "conn/s out", "conn/s", "higher"),
     Metric("conn_in", "conn/s in", "conn/s", "higher"),
+    Metric("tcp6_out_1", "TCP out IPv6", "Gbit/s", "higher"),
+    Metric("tcp6_in_1", "TCP in IPv6", "Gbit/s", "higher"),
+    *[Metric(f"rr6_{d}_{s}", f"RR {d} IPv6 {s}", "µs", "lower") for d in ("out", "in") for s in ("min", "median", "p99")],
 ]}
 
 
@@ -103,11 +113,33 @@ def row_failure(row: dict) -> str | None:
     reasons = []
     for rep in row["reps"]:
         for name, raw in rep.get("measurements", {}).items():
-            direction = name.split("-")[1] if name.count("-") else ""
+            direction = route_label(name)
             reason = f"{direction}: {raw['error']}" if direction else raw.get("error")
             if "error" in raw and reason not in reasons:
                 reasons.append(reason)
     return "; ".join(reasons) or None
+
+
+def route_label(name: str) -> str:
+    """ "out", "in", "out IPv6" or "in IPv6" for a measurement name (tcp-in-1, rr6-out)."""
+    if not name.count("-"):
+        return ""
+    kind, direction = name.split("-")[:2]
+    return direction + (" IPv6" if kind.endswith("6") else "")
+
+
+def _metric_keys(doc: dict) -> set[str]:
+    return {key for row in doc["rows"].values() for key in row.get("summary", {})}
+
+
+def has_ipv6(doc: dict) -> bool:
+    return any(key.startswith(IPV6_KINDS) for key in _metric_keys(doc))
+
+
+def has_ipv4(doc: dict) -> bool:
+    """Any IPv4 metric, or none at all (a document without metrics renders the IPv4 tables)."""
+    keys = _metric_keys(doc)
+    return not keys or any(not key.startswith(IPV6_KINDS) for key in keys)
 
 
 def ratio(value, reference):
@@ -203,10 +235,35 @@ def latency_table(doc: dict) -> str:
     return markdown_table(header, rows)
 
 
+IPV6_KINDS = ("tcp6_", "rr6_")
+# IPv6 metric -> its IPv4 counterpart
+IPV4_OF = {"tcp6_out_1": "tcp_out_1", "tcp6_in_1": "tcp_in_1"}
+
+
+def _v6_throughput(summary: dict, key: str) -> str:
+    """An IPv6 throughput with its fraction of the same row's IPv4 one: "9.5 (0.97× IPv4)"."""
+    cell = _cell(summary, key)
+    r = ratio(_value(summary, key), _value(summary, IPV4_OF[key]))
+    return cell if r is None else f"{cell} ({fmt_ratio(r)} IPv4)"
+
+
+def ipv6_table(doc: dict) -> str:
+    header = ["row", "TCP out", "TCP in", "RR out µs (min / median / p99)", "RR in µs (min / median / p99)"]
+    rows = []
+    for name, row in doc["rows"].items():
+        s = row["summary"]
+        cells = [_v6_throughput(s, "tcp6_out_1"), _v6_throughput(s, "tcp6_in_1")]
+        cells += [_joined(s, [f"rr6_{d}_{q}" for q in ("min", "median", "p99")], " / ") for d in ("out", "in")]
+        rows.append(_row_cells(row["label"], row_failure(row), cells))
+    return markdown_table(header, rows)
+
+
 RATIO_KEYS = ["tcp_out_1", "tcp_out_4", "tcp_in_1", "tcp_in_4", "udp_out", "rr_out_median", "rr_in_median",
               "conn_out", "conn_in", "cpu_out", "cpu_in"]
 RATIO_TITLES = ["TCP out", "out ×4", "TCP in", "in ×4", "UDP out", "RR out", "RR in", "conn/s out", "conn/s in",
                 "CPU out", "CPU in"]
+RATIO_KEYS6 = ["tcp6_out_1", "tcp6_in_1", "rr6_out_median", "rr6_in_median"]
+RATIO_TITLES6 = ["TCP6 out", "TCP6 in", "RR6 out", "RR6 in"]
 
 
 def ratio_table(doc: dict, reference: str) -> str:
@@ -214,13 +271,18 @@ def ratio_table(doc: dict, reference: str) -> str:
     if ref is None:
         return f"(no ratio table: the reference row {reference} was not run)"
     rs = ref["summary"]
+    keys, titles = (list(RATIO_KEYS), list(RATIO_TITLES)) if has_ipv4(doc) else ([], [])
+    for key, title in zip(RATIO_KEYS6, RATIO_TITLES6):
+        if _value(rs, key) is not None:
+            keys.append(key)
+            titles.append(title)
     rows = []
     for name, row in doc["rows"].items():
         s = row["summary"]
         cells = [fmt_ratio(ratio(_value(s, k), _value(rs, k))) if "median" in s.get(k, {}) else _cell(s, k)
-                 for k in RATIO_KEYS]
+                 for k in keys]
         rows.append(_row_cells(row["label"], row_failure(row), cells))
-    return markdown_table(["row", *RATIO_TITLES], rows)
+    return markdown_table(["row", *titles], rows)
 
 
 def failure_notes(doc: dict) -> list[str]:
@@ -246,6 +308,21 @@ def failure_notes(doc: dict) -> list[str]:
         for reason, names in by_reason.items():
             where = f" ({', '.join(names)})" if names else ""
             notes.append(f"- {row['label']}{where}: {reason}")
+    return notes
+
+
+def na_notes(doc: dict) -> list[str]:
+    """One line per row and distinct reason a measurement does not apply to it."""
+    notes = []
+    for name, row in doc["rows"].items():
+        by_reason: dict[str, list[str]] = {}
+        for rep in row["reps"]:
+            for mname, raw in rep.get("measurements", {}).items():
+                if "skipped" in raw:
+                    lst = by_reason.setdefault(raw["skipped"], [])
+                    if mname not in lst:
+                        lst.append(mname)
+        notes += [f"- {row['label']} ({', '.join(names)}): {reason}" for reason, names in by_reason.items()]
     return notes
 
 
@@ -290,6 +367,8 @@ def method_line(doc: dict) -> str:
             f"{' -w ' + c['udp_socket_buffer'] if c.get('udp_socket_buffer') else ''} -t {d['udp_s']:g}; "
             f"request/response: 1 byte each way for {d['rr_s']:g} s; "
             f"connections: 3 back-to-back batches of {d['conn_batch_s']:g} s"
+            + (f"; IPv6: TCP iperf3 -t {d['tcp6_s']:g}, request/response for {d['rr6_s']:g} s"
+               if any(m.startswith(("tcp6", "rr6")) for m in c.get("measurements", [])) else "")
             + (f"; fd limit {c['nofile_limit']}" if c.get("nofile_limit") else ""))
 
 
@@ -303,7 +382,7 @@ def load_line(doc: dict) -> str:
 
 
 def render(doc: dict) -> str:
-    """The Markdown block: what ran, where, and the three tables with notes."""
+    """The Markdown block: what ran, where, and the tables (IPv4, IPv6, ratios) with notes."""
     v = doc.get("versions", {})
     parts = [
         f"Measured {doc['started'][:10]} on {machine_line(doc)}; {method_line(doc)}. "
@@ -311,14 +390,28 @@ def render(doc: dict) -> str:
         f"Versions: slirpnet {v.get('slirpnet', '?')}, slirp4netns {v.get('slirp4netns', '?')}, "
         f"pasta {v.get('pasta', '?')}, iperf3 {v.get('iperf3', '?')}.",
         "",
-        "Throughput (Gbit/s; UDP: delivered rate and loss) and helper CPU seconds per GB moved (single stream):",
-        "",
-        throughput_table(doc),
-        "",
-        "Request/response latency and connection rate:",
-        "",
-        latency_table(doc),
-        "",
+    ]
+    if has_ipv4(doc):
+        parts += [
+            "Throughput (Gbit/s; UDP: delivered rate and loss) and helper CPU seconds per GB moved (single stream):",
+            "",
+            throughput_table(doc),
+            "",
+            "Request/response latency and connection rate:",
+            "",
+            latency_table(doc),
+            "",
+        ]
+    if has_ipv6(doc):
+        parts += [
+            "IPv6, out: guest → fd00::2 → host ::1; in: host ::1 (pasta TAP: fd09::1) → port forward → guest's "
+            "fd00::/64 address (kernel row: fd00::2 ↔ fd00::100). Throughput in Gbit/s (and as a fraction of the "
+            "row's IPv4 figure), request/response latency:",
+            "",
+            ipv6_table(doc),
+            "",
+        ]
+    parts += [
         f"Ratio to {doc['rows'].get(doc['config']['reference'], {}).get('label', doc['config']['reference'])} "
         "(higher is better for throughput and conn/s, lower for latency and CPU):",
         "",
@@ -327,6 +420,9 @@ def render(doc: dict) -> str:
     notes = failure_notes(doc)
     if notes:
         parts += ["", "Failures:", "", *notes]
+    nnotes = na_notes(doc)
+    if nnotes:
+        parts += ["", "Not applicable (n/a):", "", *nnotes]
     wnotes = warning_notes(doc)
     if wnotes:
         parts += ["", "Trouble during measurements that still produced figures:", "", *wnotes]

@@ -6,7 +6,15 @@ raises :class:`RowFailed` with a short reason; the report prints
 ``failed: <reason>`` for it and the run goes on.
 
 Ports (the same numbers in H and G; forwards map host port N to guest port N):
-the servers for "out" measurements listen in H, those for "in" in G.
+the servers for "out" measurements listen in H, those for "in" in G.  IPv6
+measurements use the same ports plus 10.
+
+A route is a direction and a family: "out", "in", "out6", "in6".  With
+``ipv6=True`` a row also sets up IPv6 (the helper's --enable-ipv6, forwards
+from H's ::1 or fd09::1 to the guest's fd00::/64 address) and waits until the
+guest's address is usable; the IPv4 measurements of such a run then also run
+with IPv6 enabled (as rootless Podman runs its helpers).  What a row cannot do
+is listed in ``Running.unsupported`` with the reason (reported as "n/a").
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from . import procs
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUEST_ADDR = "10.0.2.100"
 GATEWAY_ADDR = "10.0.2.2"
+GUEST_PREFIX6 = "fd00::/64"
+GUEST_ADDR6 = "fd00::100"   # pasta's and the kernel row's; slirp rows get a SLAAC one
+GATEWAY_ADDR6 = "fd00::2"   # slirp4netns, slirpnet and pasta map it to H's ::1
 READY_TIMEOUT_S = 20.0
 API_TIMEOUT_S = 3.0
 
@@ -38,6 +49,8 @@ class Ports:
     CR_OUT = 5205
     CR_IN = 5206      # forwarded
     FORWARDED = (IPERF_IN, RR_IN, CR_IN)
+    IPV6_OFFSET = 10  # IPv6 measurements: the same ports plus 10
+    FORWARDED6 = (IPERF_IN + IPV6_OFFSET, RR_IN + IPV6_OFFSET, CR_IN + IPV6_OFFSET)
 
 
 class RowFailed(Exception):
@@ -54,10 +67,20 @@ class Running:
     expected_dev: str          # guest interface the traffic should cross
     expected_dev_in: str = ""  # if "in" traffic crosses another one (pasta's splice: lo)
     helper: subprocess.Popen | None = None
-    in_error: str | None = None  # why "in" cannot be measured (e.g. no port forward)
-    directions: tuple[str, ...] = ("out", "in")
+    # IPv6 (rows started with ipv6=True): the same three addresses
+    out_server_addr6: str = ""
+    out_target6: str = ""
+    in_target6: str = ""
+    errors: dict[str, str] = field(default_factory=dict)  # route -> why it failed (e.g. no port forward)
+    unsupported: dict[str, str] = field(default_factory=dict)  # route -> why the row cannot do it
     stderr_path: pathlib.Path | None = None
     keep: list = field(default_factory=list)  # fds to close at stop
+
+    def addresses(self, direction: str, ip: int) -> tuple[str, str]:
+        """(server bind address, client target) for a direction and family."""
+        if direction == "out":
+            return (self.out_server_addr, self.out_target) if ip == 4 else (self.out_server_addr6, self.out_target6)
+        return ("0.0.0.0", self.in_target) if ip == 4 else ("::", self.in_target6)
 
     def helper_exit_reason(self) -> str | None:
         if self.helper is None or self.helper.poll() is None:
@@ -112,19 +135,26 @@ def api_request(path: str, request: dict) -> dict:
     return json.loads(data.decode())
 
 
-def add_forwards(api_path: str) -> str | None:
-    """Forward 127.0.0.1:N of H to the guest's port N; the reason if it failed."""
-    for port in Ports.FORWARDED:
-        req = {"execute": "add_hostfwd", "arguments": {
-            "proto": "tcp", "host_addr": "127.0.0.1", "host_port": port, "guest_port": port}}
+API_ERROR_PREFIX = "port forward via API socket: "
+
+
+def add_forwards(api_path: str, guest_addr6: str | None = None) -> str | None:
+    """Forward 127.0.0.1:N of H to the guest's port N (with guest_addr6: [::1]:N to
+    [guest_addr6]:N, the IPv6 ports); the reason if it failed."""
+    for port in (Ports.FORWARDED6 if guest_addr6 else Ports.FORWARDED):
+        args = {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": port, "guest_port": port}
+        if guest_addr6:
+            args.update(host_addr="::1", guest_addr=guest_addr6)
+        req = {"execute": "add_hostfwd", "arguments": args}
         try:
             reply = api_request(api_path, req)
         except OSError as e:
-            return f"port forward via API socket: {e.strerror or e}"
+            return f"{API_ERROR_PREFIX}{e.strerror or e}"
         except ValueError as e:
-            return f"port forward via API socket: bad reply ({e})"
+            return f"{API_ERROR_PREFIX}bad reply ({e})"
         if "return" not in reply:
-            return f"port forward via API socket: {json.dumps(reply)[:120]}"
+            desc = reply["error"].get("desc") if isinstance(reply.get("error"), dict) else None
+            return f"{API_ERROR_PREFIX}{desc or json.dumps(reply)[:120]}"
     return None
 
 
@@ -139,13 +169,18 @@ class Row:
     env: dict = field(default_factory=dict)  # slirpnet: extra environment
 
     def start(self, topo: procs.Topology, workdir: pathlib.Path, python: str) -> Running:
+        """Start the row in TOPO; with IPv6 too if the topology has it."""
         return getattr(self, f"_start_{self.kind}")(topo, workdir, python)
 
     # -- kernel ---------------------------------------------------------------
     def _start_kernel(self, topo, workdir, python) -> Running:
         topo.add_veth(self.mtu)
-        return Running(out_server_addr=GATEWAY_ADDR, out_target=GATEWAY_ADDR, in_target=GUEST_ADDR,
-                       expected_dev="veth1")
+        running = Running(out_server_addr=GATEWAY_ADDR, out_target=GATEWAY_ADDR, in_target=GUEST_ADDR,
+                          expected_dev="veth1")
+        if topo.ipv6:
+            running.out_server_addr6 = running.out_target6 = GATEWAY_ADDR6
+            running.in_target6 = GUEST_ADDR6
+        return running
 
     # -- slirp4netns and slirpnet: same command line, ready fd, API socket ----
     def _start_slirp4netns(self, topo, workdir, python) -> Running:
@@ -171,7 +206,7 @@ class Row:
         running = Running(out_server_addr="127.0.0.1", out_target=GATEWAY_ADDR, in_target="127.0.0.1",
                           expected_dev="tap0", stderr_path=errpath, keep=[ready_r, exit_w])
         argv = [*cmd, "-c", f"--mtu={self.mtu}", f"--api-socket={api}", "-r", str(ready_w), "-e", str(exit_r),
-                str(topo.guest.pid), "tap0"]
+                *(["--enable-ipv6"] if topo.ipv6 else []), str(topo.guest.pid), "tap0"]
         with open(errpath, "wb") as err:
             running.helper = procs.spawn(topo.host.enter(argv), env=env, pass_fds=(ready_w, exit_r),
                                          stdout=err, stderr=err)
@@ -179,20 +214,39 @@ class Row:
         os.close(exit_r)
         try:
             _wait_ready_fd(ready_r, running.helper, errpath)
+            if topo.ipv6:  # the guest's kernel makes its address from the router advertisement
+                guest6 = topo.guest.wait_ipv6_address("tap0", GUEST_PREFIX6, running.helper, READY_TIMEOUT_S)
+        except RuntimeError as e:
+            running.stop()
+            raise RowFailed(f"{e}{_tail(errpath)}") from None
         except RowFailed:
             running.stop()
             raise
-        running.in_error = add_forwards(api)
+        if error := add_forwards(api):
+            running.errors["in"] = error
+        if topo.ipv6:
+            running.out_server_addr6, running.out_target6, running.in_target6 = "::1", GATEWAY_ADDR6, "::1"
+            if error := add_forwards(api, guest6):
+                if self.kind == "slirp4netns":  # 1.2.0 forwards IPv4 only
+                    running.unsupported["in6"] = f"no IPv6 port forwarding ({error.removeprefix(API_ERROR_PREFIX)})"
+                else:
+                    running.errors["in6"] = error
         return running
 
     # -- pasta ---------------------------------------------------------------
     def _start_pasta(self, topo, workdir, python) -> Running:
         splice = self.variant == "splice"
         bind = "127.0.0.1" if splice else topo.HOST_EXT_ADDR
+        bind6 = "::1" if splice else topo.HOST_EXT_ADDR6
         ports = ",".join(str(p) for p in Ports.FORWARDED)
-        argv = ["pasta", "-f", "-q", "-4", "--config-net", "-I", "tap0", "-a", GUEST_ADDR, "-n", "24",
+        argv = ["pasta", "-f", "-q", "--config-net", "-I", "tap0", "-a", GUEST_ADDR, "-n", "24",
                 "-g", GATEWAY_ADDR, "-m", str(self.mtu), "-t", f"{bind}/{ports}",
                 "-u", f"{bind}/{Ports.IPERF_IN}"]
+        if topo.ipv6:
+            ports6 = ",".join(str(p) for p in Ports.FORWARDED6)
+            argv += ["-a", GUEST_ADDR6, "-g", GATEWAY_ADDR6, "-t", f"{bind6}/{ports6}"]
+        else:
+            argv.append("-4")
         if not splice:
             argv += ["-T", "none", "-U", "none"]
         argv.append(str(topo.guest.pid))
@@ -201,21 +255,34 @@ class Row:
             helper = procs.spawn(topo.host.enter(argv), stdout=err, stderr=err)
         running = Running(out_server_addr="127.0.0.1", out_target=GATEWAY_ADDR, in_target=bind,
                           expected_dev="tap0", expected_dev_in="lo" if splice else "",
-                          helper=helper, stderr_path=errpath,
-                          directions=("in",) if splice else ("out", "in"))
-        # No ready fd: wait for the guest address and the forwarded ports.
+                          helper=helper, stderr_path=errpath)
+        if splice:
+            running.unsupported.update({"out": "same path as pasta-tap", "out6": "same path as pasta-tap"})
+        forwarded = Ports.FORWARDED
+        if topo.ipv6:
+            running.out_server_addr6, running.out_target6, running.in_target6 = "::1", GATEWAY_ADDR6, bind6
+            forwarded += Ports.FORWARDED6
+        # No ready fd: wait for the guest addresses and the forwarded ports.
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if helper.poll() is not None:
                 raise RowFailed(f"exited with status {helper.returncode} before ready{_tail(errpath)}")
-            if all(topo.host.listening(p) for p in Ports.FORWARDED) and "tap0" in topo.guest.dev_bytes():
+            if all(topo.host.listening(p) for p in forwarded) and "tap0" in topo.guest.dev_bytes():
                 res = procs.run(topo.guest.enter(["ip", "-o", "-4", "addr", "show", "dev", "tap0"]), 5)
                 if GUEST_ADDR in res.stdout.decode():
-                    return running
+                    break
             if time.monotonic() > deadline:
                 running.stop()
                 raise RowFailed(f"not ready after {READY_TIMEOUT_S:.0f} s{_tail(errpath)}")
             time.sleep(0.02)
+        if topo.ipv6:
+            try:
+                topo.guest.wait_ipv6_address("tap0", f"{GUEST_ADDR6}/128", helper,
+                                             max(1.0, deadline - time.monotonic()))
+            except RuntimeError as e:
+                running.stop()
+                raise RowFailed(f"{e}{_tail(errpath)}") from None
+        return running
 
 
 ROWS = [
@@ -232,7 +299,7 @@ ROWS = [
     Row("slirp4netns-1500", "slirp4netns 1500", "slirp4netns", mtu=1500,
         description="the same at MTU 1500"),
     Row("pasta-tap", "pasta TAP", "pasta", variant="tap",
-        description="pasta with -T none -U none; inbound from H's non-loopback address 10.0.9.1, "
+        description="pasta with -T none -U none; inbound from H's non-loopback address 10.0.9.1 (IPv6: fd09::1), "
                     "so it takes the TAP path (pasta splices every loopback-sourced connection)"),
     Row("pasta-splice", "pasta splice", "pasta", variant="splice",
         description="pasta's defaults, inbound from 127.0.0.1: spliced to the guest's loopback "

@@ -23,6 +23,8 @@
  *       time it took stays in the rate); failing before any connection
  *       succeeded is an error of the whole run.
  *
+ * ADDR is a numeric IPv4 or IPv6 address (e.g. 10.0.2.2, fd00::2).
+ *
  * Every blocking step has a 3 s limit (OP_TIMEOUT_MS); a step that times out
  * ends the run with an error.  Servers run until they are killed.
  */
@@ -67,15 +69,29 @@ static void fail_msg(const char *msg)
 	exit(1);
 }
 
-static struct sockaddr_in parse_addr(const char *addr, const char *port)
+/* ADDR is a numeric IPv4 or IPv6 address (no brackets, no zone). */
+static struct sockaddr_storage parse_addr(const char *addr, const char *port)
 {
-	struct sockaddr_in sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((unsigned short)atoi(port));
-	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
-		fail_msg("bad IPv4 address");
-	return sa;
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof ss);
+	struct sockaddr_in *sa4 = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *sa6 = (struct sockaddr_in6 *)&ss;
+	unsigned short p = htons((unsigned short)atoi(port));
+	if (inet_pton(AF_INET, addr, &sa4->sin_addr) == 1) {
+		sa4->sin_family = AF_INET;
+		sa4->sin_port = p;
+	} else if (inet_pton(AF_INET6, addr, &sa6->sin6_addr) == 1) {
+		sa6->sin6_family = AF_INET6;
+		sa6->sin6_port = p;
+	} else {
+		fail_msg("bad IPv4 or IPv6 address");
+	}
+	return ss;
+}
+
+static socklen_t addr_len(const struct sockaddr_storage *ss)
+{
+	return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
 static void set_nodelay(int fd)
@@ -93,13 +109,13 @@ static void set_timeouts(int fd)
 
 static int listen_on(const char *addr, const char *port)
 {
-	struct sockaddr_in sa = parse_addr(addr, port);
+	struct sockaddr_storage sa = parse_addr(addr, port);
 	int one = 1;
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	int fd = socket(sa.ss_family, SOCK_STREAM, 0);
 	if (fd < 0)
 		fail("socket");
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+	if (bind(fd, (struct sockaddr *)&sa, addr_len(&sa)) < 0)
 		fail("bind");
 	if (listen(fd, 128) < 0)
 		fail("listen");
@@ -107,12 +123,12 @@ static int listen_on(const char *addr, const char *port)
 }
 
 /* Connect with a time limit; returns the fd or -1 with errno set. */
-static int connect_to(const struct sockaddr_in *sa)
+static int connect_to(const struct sockaddr_storage *sa)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -1;
-	if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) < 0) {
+	if (connect(fd, (const struct sockaddr *)sa, addr_len(sa)) < 0) {
 		if (errno != EINPROGRESS)
 			goto err;
 		struct pollfd p = { fd, POLLOUT, 0 };
@@ -190,7 +206,7 @@ static int cmp_double(const void *a, const void *b)
 
 static int rr_client(const char *addr, const char *port, double seconds, long max_samples)
 {
-	struct sockaddr_in sa = parse_addr(addr, port);
+	struct sockaddr_storage sa = parse_addr(addr, port);
 	int fd = connect_to(&sa);
 	if (fd < 0)
 		fail("connect");
@@ -241,7 +257,7 @@ static __attribute__((noreturn)) void cr_server(const char *addr, const char *po
 
 static int cr_client(const char *addr, const char *port, int batches, double seconds)
 {
-	struct sockaddr_in sa = parse_addr(addr, port);
+	struct sockaddr_storage sa = parse_addr(addr, port);
 	long done[CR_MAX_BATCHES] = { 0 }, errors[CR_MAX_BATCHES] = { 0 }, total_done = 0;
 	double took[CR_MAX_BATCHES] = { 0 };
 	int last_errno = 0;

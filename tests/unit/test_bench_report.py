@@ -190,7 +190,119 @@ def test_select_measurements_by_name_kind_direction_and_pair():
     assert metrics.select_measurements(None) == list(metrics.MEASUREMENTS)
     assert metrics.select_measurements(["rr"]) == ["rr-out", "rr-in"]
     assert metrics.select_measurements(["tcp-in"]) == ["tcp-in-1", "tcp-in-4"]
-    assert metrics.select_measurements(["in"]) == ["tcp-in-1", "tcp-in-4", "rr-in", "conn-in"]
+    assert metrics.select_measurements(["in"]) == ["tcp-in-1", "tcp-in-4", "rr-in", "conn-in", "tcp6-in-1", "rr6-in"]
     assert metrics.select_measurements(["udp", "conn-out"]) == ["udp-out", "conn-out"]
     with pytest.raises(ValueError):
         metrics.select_measurements(["bogus"])
+
+
+def test_select_ipv6_measurements_by_family_kind_and_pair():
+    assert metrics.select_measurements(["ipv6"]) == ["tcp6-out-1", "tcp6-in-1", "rr6-out", "rr6-in"]
+    assert metrics.select_measurements(["tcp6"]) == ["tcp6-out-1", "tcp6-in-1"]
+    assert metrics.select_measurements(["rr6-out", "tcp-out-1"]) == ["tcp-out-1", "rr6-out"]
+    assert "tcp6-out-1" not in metrics.select_measurements(["tcp", "ipv4"])
+    assert metrics.needs_ipv6(["tcp-out-1", "rr6-in"]) and not metrics.needs_ipv6(["tcp-out-1"])
+
+
+def test_every_measurement_produces_metrics_the_report_knows():
+    for name, m in metrics.MEASUREMENTS.items():
+        assert metrics.PRODUCES[name] and all(k in report.METRICS for k in metrics.PRODUCES[name])
+        assert m.route == m.direction + ("6" if m.ip == 6 else "")
+        assert name.startswith(m.family_kind + "-")
+
+
+# -- IPv6 addresses of the guest ----------------------------------------------------
+
+def test_parse_if_inet6_reads_addresses_and_dad_state():
+    from benchmarks import procs
+
+    text = ("fd000000000000005055fffe0a000264 03 40 00 40     tap0\n"   # SLAAC, still tentative
+            "fe800000000000005055fffe0a000264 03 40 20 80     tap0\n"   # link-local, usable
+            "fd000000000000000000000000000100 04 40 00 82     veth1\n"  # nodad, permanent
+            "fd000000000000000000000000000101 04 40 00 88     veth1\n"  # DAD failed
+            "00000000000000000000000000000001 01 80 10 80       lo\n"
+            "garbage\n")
+    addrs = procs.parse_if_inet6(text)
+    assert [str(a.address) for a in addrs] == [
+        "fd00::5055:fffe:a00:264", "fe80::5055:fffe:a00:264", "fd00::100", "fd00::101", "::1"]
+    slaac, link, static, dup, lo = addrs
+    assert (slaac.dev, slaac.ifindex, slaac.prefix_len, slaac.scope) == ("tap0", 3, 64, 0)
+    assert link.scope == 0x20 and lo.prefix_len == 128
+    assert [a.usable for a in addrs] == [False, True, True, False, True]
+
+
+# -- IPv6 in the report ---------------------------------------------------------------
+
+def _ipv6_doc():
+    ref = {"label": "slirp4netns 65520", "reps": [{"rep": 1, "error": None, "measurements": {
+        "tcp-out-1": ok({"tcp_out_1": 2.0, "cpu_out": 1.0}),
+        "tcp6-out-1": ok({"tcp6_out_1": 1.0}),
+        "tcp6-in-1": {"skipped": "no IPv6 port forwarding (bad arguments.host_addr)",
+                      "produces": metrics.PRODUCES["tcp6-in-1"]},
+        "rr6-out": ok({"rr6_out_min": 10.0, "rr6_out_median": 20.0, "rr6_out_p99": 40.0}),
+        "rr6-in": {"skipped": "no IPv6 port forwarding (bad arguments.host_addr)",
+                   "produces": metrics.PRODUCES["rr6-in"]},
+    }}]}
+    fast = {"label": "fast", "reps": [{"rep": 1, "error": None, "measurements": {
+        "tcp-out-1": ok({"tcp_out_1": 8.0, "cpu_out": 0.5}),
+        "tcp6-out-1": ok({"tcp6_out_1": 6.0}),
+        "tcp6-in-1": ok({"tcp6_in_1": 5.0}),
+        "rr6-out": ok({"rr6_out_min": 5.0, "rr6_out_median": 10.0, "rr6_out_p99": 15.0}),
+        "rr6-in": err("tcpbench rr: connect: Connection refused", metrics.PRODUCES["rr6-in"]),
+    }}]}
+    doc = make_doc({"ref": ref, "fast": fast})
+    doc["config"]["durations"].update(tcp6_s=2, rr6_s=1)
+    doc["config"]["measurements"] = ["tcp-out-1", "tcp6-out-1", "tcp6-in-1", "rr6-out", "rr6-in"]
+    return doc
+
+
+def test_ipv6_table_has_the_ipv6_figures_and_their_fraction_of_ipv4():
+    table = report.ipv6_table(_ipv6_doc())
+    assert "| slirp4netns 65520 | 1 (0.50× IPv4) | n/a | 10.0 / 20.0 / 40.0 | n/a |" in table
+    assert "| fast | 6 (0.75× IPv4) | 5 | 5.0 / 10.0 / 15.0 | failed |" in table
+
+
+def test_ratio_table_has_ipv6_columns_only_where_the_reference_has_figures():
+    header, _, ref, fast = report.ratio_table(_ipv6_doc(), "ref").splitlines()
+    assert header.endswith("| CPU in | TCP6 out | RR6 out |")  # no TCP6 in, RR6 in: slirp4netns has none
+    assert fast.endswith("| 6.00× | 0.50× |")
+    assert "TCP6" not in report.ratio_table(_three_row_doc(), "ref")
+
+
+def test_render_with_ipv6_has_its_table_method_and_na_reasons():
+    text = report.render(_ipv6_doc())
+    assert "; IPv6: TCP iperf3 -t 2, request/response for 1 s." in text
+    assert "IPv6, out: guest → fd00::2 → host ::1" in text
+    assert ("- slirp4netns 65520 (tcp6-in-1, rr6-in): no IPv6 port forwarding (bad arguments.host_addr)"
+            in text.split("Not applicable (n/a):")[1])
+    assert "- fast (rr6-in): tcpbench rr: connect: Connection refused" in text
+
+
+def test_render_without_ipv6_has_no_ipv6_table_and_ipv6_only_has_no_ipv4_tables():
+    text = report.render(_three_row_doc())
+    assert "IPv6" not in text
+    doc = _ipv6_doc()
+    for row in doc["rows"].values():
+        for rep in row["reps"]:
+            rep["measurements"].pop("tcp-out-1")
+        row["summary"] = report.summarize_row(row["reps"])
+    text = report.render(doc)
+    assert "Throughput (Gbit/s" not in text and "Request/response latency" not in text
+    assert "| row | TCP6 out | RR6 out |" in text
+    assert "| fast | 6 | 5 |" in report.ipv6_table(doc)  # no IPv4 figure to compare with
+
+
+def test_row_failure_names_ipv6_routes():
+    row = {"reps": [{"rep": 1, "error": None, "measurements": {
+        "tcp6-out-1": err("out broke", ["tcp6_out_1"]), "rr6-in": err("in broke", ["rr6_in_median"])}}]}
+    row["summary"] = report.summarize_row(row["reps"])
+    assert report.row_failure(row) == "out IPv6: out broke; in IPv6: in broke"
+
+
+def test_plot_panels_follow_the_metrics_the_run_produced():
+    from benchmarks import plot
+
+    assert [t for t, _ in plot.panels(_ipv6_doc())] == [
+        "TCP throughput out (Gbit/s)", "Helper CPU (s per GB)", "IPv6 TCP throughput (Gbit/s)",
+        "IPv6 request/response median (µs)"]
+    assert not any("IPv6" in t for t, _ in plot.panels(_three_row_doc()))
