@@ -22,13 +22,10 @@ import sys
 
 from . import sandbox, seccomp, tap
 from .config import Config
+from .datapath import datapath_kind
 
 STATUS_SLIRPNET_FAILED = 125  # `run`: slirpnet itself failed (as podman/docker run)
 from .netns import ChildFailed, open_tap_in_target, target_from_config
-
-# Options parsed and validated now whose behaviour lands with a later
-# release; using one says so instead of silently doing nothing.
-NOT_ACTIVE_YET: dict[str, str] = {}
 
 
 def serve(cfg: Config, child=None) -> int:
@@ -39,12 +36,17 @@ def serve(cfg: Config, child=None) -> int:
     out = open(os.devnull, "w") if cfg.quiet else sys.stdout
     for line in cfg.warnings:
         out.write(line + "\n")
-    for attr, flag in NOT_ACTIVE_YET.items():
-        if getattr(cfg, attr) not in (None, False):
-            out.write(f"WARNING: {flag} is accepted but not active yet in this slirpnet release\n")
     out.flush()
     if cfg.target_type == "bess":
         sys.stderr.write("--target-type=bess is not supported by slirpnet\n")
+        return 1
+    try:
+        datapath_kind()
+    except ValueError as bad:
+        sys.stderr.write(f"{bad}\n")
+        if child is not None:
+            child.abandon()
+            return STATUS_SLIRPNET_FAILED
         return 1
     raise_fd_limit()
     try:

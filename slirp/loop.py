@@ -37,7 +37,7 @@ from netstack.stack import Stack, StackConfig
 
 from .api import ApiServer
 from .config import Config
-from .datapath import open_datapath
+from .datapath import datapath_kind, open_datapath
 from .hostsock import HostSockets, ping_sockets_allowed
 from .offload import ACTIVITY_REFRESH_S, Offload
 from .resolvconf import RESOLV_CONF_CHECK_S, ResolvConf
@@ -132,7 +132,7 @@ class Driver:
         SLIRPNET_DATAPATH=native-sync, or a failed start) everything runs in
         this thread, synchronously."""
         dp = self.offload.dp if self.offload is not None else None
-        if dp is None or not hasattr(dp, "start") or os.environ.get("SLIRPNET_DATAPATH") == "native-sync":
+        if dp is None or not hasattr(dp, "start") or datapath_kind() == "native-sync":
             return
         try:
             dp.start()
@@ -512,10 +512,9 @@ class Driver:
 
 
 def make_offload(driver: Driver, cfg: Config, tap_fd: int) -> Offload | None:
-    """The datapath named by $SLIRPNET_DATAPATH (native, python; ``off``: the
-    core moves every byte itself; ``native-sync``: native without its thread),
-    wrapped for the Driver."""
-    kind = os.environ.get("SLIRPNET_DATAPATH", "native")
+    """The datapath $SLIRPNET_DATAPATH names (datapath_kind), wrapped for the
+    Driver; None for ``off``."""
+    kind = datapath_kind()
     if kind == "off":
         return None
     if kind == "native-sync":

@@ -382,10 +382,22 @@ def read_send_bytes(fd: int, n: int, tcb: dict) -> bytes:
     return b"".join(parts)
 
 
-def open_datapath(kind: str | None = None, **kwargs):
-    """The datapath named by ``kind`` or $SLIRPNET_DATAPATH (default: native,
-    falling back to python when the C module is not built)."""
-    kind = kind or os.environ.get("SLIRPNET_DATAPATH", "native")
+DATAPATH_KINDS = ("native", "native-sync", "python", "off")
+
+
+def datapath_kind(environ=os.environ) -> str:
+    """$SLIRPNET_DATAPATH, checked: one of DATAPATH_KINDS (default native).
+    ``native-sync`` is native without its thread; ``off``: no datapath, the
+    core moves every byte itself."""
+    kind = environ.get("SLIRPNET_DATAPATH") or "native"
+    if kind not in DATAPATH_KINDS:
+        raise ValueError(f"SLIRPNET_DATAPATH must be one of {', '.join(DATAPATH_KINDS)}, not {kind!r}")
+    return kind
+
+
+def open_datapath(kind: str, **kwargs):
+    """The datapath ``kind`` names (native or python; native falls back to
+    python when the C module is not built)."""
     if kind == "native":
         try:
             from .native import NativeDatapath
@@ -394,7 +406,7 @@ def open_datapath(kind: str | None = None, **kwargs):
         else:
             return NativeDatapath(**kwargs)
     if kind != "python":
-        raise ValueError(f"SLIRPNET_DATAPATH must be native or python, not {kind!r}")
+        raise ValueError(f"no datapath {kind!r}: native or python")
     from .python import PythonDatapath
 
     return PythonDatapath(**kwargs)

@@ -143,6 +143,18 @@ def test_missing_pid_fails_in_the_child(tmp_path):
     assert "child failed(1)\n" in res.stderr
 
 
+def test_a_bad_slirpnet_datapath_is_a_clear_error(netns, tmp_path):
+    env = {**ENV, "SLIRPNET_DATAPATH": "fast"}
+    want = "SLIRPNET_DATAPATH must be one of native, native-sync, python, off, not 'fast'\n"
+    marker = tmp_path / "ran"
+    res = subprocess.run([*SLIRPNET, "run", "--", "touch", str(marker)], capture_output=True, text=True, env=env, timeout=20)
+    assert (res.returncode, res.stderr) == (125, want)
+    assert not marker.exists()
+    res = subprocess.run([*SLIRPNET, "-c", str(netns.pid), "tap0"], capture_output=True, text=True, env=env, timeout=20)
+    assert (res.returncode, res.stderr) == (1, want)
+    assert "tap0" not in netns.run("ip", "-o", "link").stdout.decode()
+
+
 def test_ready_fd_is_written_once_everything_is_configured(netns, tmp_path):
     r, w = os.pipe()
     proc = subprocess.Popen(

@@ -271,3 +271,14 @@ def test_same_as_slirp4netns(argv, stderr, usage):
     # messages carry argv[0].
     assert ours.stderr.rstrip("\n") == real.stderr.rstrip("\n")
     assert ("Usage:" in ours.stdout) == ("Usage:" in real.stdout)
+
+
+def test_datapath_kind_checks_the_environment():
+    from slirp.datapath import DATAPATH_KINDS, datapath_kind
+
+    assert datapath_kind({}) == "native"
+    assert datapath_kind({"SLIRPNET_DATAPATH": ""}) == "native"
+    for kind in DATAPATH_KINDS:
+        assert datapath_kind({"SLIRPNET_DATAPATH": kind}) == kind
+    with pytest.raises(ValueError, match="SLIRPNET_DATAPATH must be one of native, native-sync, python, off, not 'fast'"):
+        datapath_kind({"SLIRPNET_DATAPATH": "fast"})
