@@ -14,7 +14,8 @@ which gives it to netstack.  Two implementations with one contract:
 * ``python`` — slirp/datapath/python.py, the oracle of the parity tests and
   the fallback when the C module is not built.
 
-``SLIRPNET_DATAPATH=python|native`` picks one (:func:`open_datapath`).
+``SLIRPNET_DATAPATH`` picks one (:func:`datapath_kind`: native, native-sync —
+native without its thread —, python, or off), :func:`open_datapath` opens it.
 
 Contract
 ========
