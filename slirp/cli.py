@@ -133,7 +133,7 @@ def parse_args(argv: list[str], prog: str = "slirpnet") -> Config:
 
     try:
         for key, value in options:
-            _apply_option(cfg, key, value, prog)
+            apply_option(cfg, key, value, prog)
     except ConfigError as err:
         raise fail(err.message) from None
     except Exit as done:
@@ -157,7 +157,7 @@ def parse_args(argv: list[str], prog: str = "slirpnet") -> Config:
             cfg.warnings.append("WARNING: too many arguments")
         cfg.target = positionals[0]
         cfg.tapname = ""
-        _check_settings(cfg)
+        check_settings(cfg)
         return cfg
 
     if len(positionals) < 2:
@@ -177,11 +177,11 @@ def parse_args(argv: list[str], prog: str = "slirpnet") -> Config:
     cfg.target = target
     cfg.tapname = tapname.encode()[: IFNAMSIZ - 1].decode(errors="ignore")
 
-    _check_settings(cfg)
+    check_settings(cfg)
     return cfg
 
 
-def _check_settings(cfg: Config) -> None:
+def check_settings(cfg: Config) -> None:
     """The checks slirp4netns makes after parsing, when it builds its config
     (their errors come without the usage text)."""
 
@@ -226,7 +226,7 @@ _DEPRECATED = {
 }
 
 
-def _apply_option(cfg: Config, key: str, value: str | None, prog: str) -> None:
+def apply_option(cfg: Config, key: str, value: str | None, prog: str) -> None:
     if key == "c":
         cfg.configure = True
     elif key == "e":
@@ -296,14 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv, prog)
     except Exit as done:
-        _emit(done)
+        emit(done)
         return done.status
     from .lifecycle import serve
 
     return serve(cfg)
 
 
-def _emit(done: Exit) -> None:
+def emit(done: Exit) -> None:
     if done.stdout:
         sys.stdout.write(done.stdout)
         sys.stdout.flush()

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .cli import Exit, _emit
+from .cli import Exit, emit
 from .gnu_getopt import GetoptError, LongOption, getopt_long
 from .portfwd import PROTOS, MappingError, parse_port_mapping
 
@@ -273,7 +273,7 @@ def ctl_main(argv: list[str], prog: str) -> int:
     try:
         cmd = parse_ctl_args(argv, prog)
     except Exit as done:
-        _emit(done)
+        emit(done)
         return done.status
     try:
         reply = call_api(cmd.socket_path, build_request(cmd), cmd.timeout_s)

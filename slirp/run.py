@@ -18,8 +18,8 @@ import signal
 import sys
 
 from . import linux
-from .cli import Exit, _check_settings, _emit
-from .config import Config, ConfigError, parse_mtu
+from .cli import Exit, apply_option, check_settings, emit
+from .config import Config, ConfigError
 from .gnu_getopt import GetoptError, LongOption, getopt_long
 from .lifecycle import STATUS_SLIRPNET_FAILED, serve
 
@@ -86,40 +86,18 @@ def parse_run_args(argv: list[str], prog: str) -> tuple[Config, list[str]]:
         for key, value in options:
             if key == "h":
                 raise Exit(0, stdout=usage)
-            elif key == "m":
-                cfg.mtu = parse_mtu(value)
-            elif key == "cidr":
-                cfg.cidr = value
-            elif key == "disable-host-loopback":
-                cfg.disable_host_loopback = True
-            elif key == "a":
-                cfg.api_socket = value
-            elif key == "6":
-                cfg.enable_ipv6 = True
-            elif key == "enable-sandbox":
-                cfg.enable_sandbox = True
-            elif key == "enable-seccomp":
-                cfg.enable_seccomp = True
-            elif key == "outbound-addr":
-                cfg.outbound_addr = value
-            elif key == "outbound-addr6":
-                cfg.outbound_addr6 = value
-            elif key == "disable-dns":
-                cfg.disable_dns = True
-            elif key == "macaddress":
-                cfg.macaddress = value
-            elif key == "resolv-conf":
-                cfg.resolv_conf = value
             elif key == "p":
                 cfg.publish.append(_check_publish(value, prog))
             elif key == "verbose":
                 cfg.quiet = False
+            else:  # the stack's own options, as the slirp4netns command line takes them
+                apply_option(cfg, key, value, prog)
     except ConfigError as err:
         raise Exit(2, stderr=f"{prog} run: {err.message}\n") from None
     if not command:
         raise Exit(2, stderr=f"{prog} run: no command given\n{usage}")
     try:
-        _check_settings(cfg)
+        check_settings(cfg)
     except Exit as done:
         done.status = 2
         raise
@@ -234,7 +212,7 @@ def run_main(argv: list[str], prog: str) -> int:
     try:
         cfg, command = parse_run_args(argv, prog)
     except Exit as done:
-        _emit(done)
+        emit(done)
         return done.status
     try:
         child = NamespaceChild(command)
