@@ -53,6 +53,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/errqueue.h>  /* after <time.h>: it uses struct timespec */
 
 #include "slirpnet.h"
 
@@ -97,6 +98,8 @@
 #define FLUSH_RESERVE (SN_DP_TAP_READ_BUDGET * EJECT_REC_MAX)
 #define HOST_RECS_RESERVE (SN_DP_HOST_EVENTS_MAX * EJECT_REC_MAX)
 #define UDP_REC_MAX (sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_udp_datagram) + 65536 + 8)
+#define UDP_ERR_REC (sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_udp_error))
+#define UDP_ERRORS_MAX 16     /* error-queue entries read per call */
 /* The thread's slow queue, and the room below which it stops reading until
  * Python took the queue (a TAP batch, a batch of host events, timers). */
 #define QUEUE_CAP ((size_t)SN_DP_QUEUE_CAP)
@@ -206,6 +209,7 @@ static const char *const stat_names[SN_DP_S_COUNT] = {
     "dp.records_lost", "dp.fin_from_guest", "dp.fin_to_guest", "dp.rst_to_guest",
     "dp.closed_fin", "dp.closed_reset", "dp.closed_host_reset",
     "dp.time_wait_ended", "dp.time_wait_reused", "dp.rx_after_fin",
+    "dp.udp_icmp_errors",
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -1118,6 +1122,70 @@ static void mark_active(struct sn_dp *dp, struct flow *u)
     dp->activity[dp->nactivity++] = u->id;
 }
 
+/* Read the ICMP errors queued on a UDP flow's socket (IP_RECVERR) and hand
+ * each up as a record: an EPOLLERR stays raised until the queue is empty, so
+ * the datapath empties it itself (a level-triggered socket would otherwise be
+ * an event again at once).  Entries that are not ICMP errors are consumed and
+ * dropped; a pending error with nothing queued is cleared with SO_ERROR. */
+static void udp_errors(struct sn_dp *dp, struct flow *u)
+{
+    int read_any = 0;
+    for (int i = 0; i < UDP_ERRORS_MAX; i++) {
+        if (dp->out.len + UDP_ERR_REC + HOST_RECS_RESERVE + FLUSH_RESERVE > dp->out.cap)
+            return;  /* the rest stays queued: an event again once there is room */
+        struct sockaddr_storage dst;
+        union {
+            char buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6))];
+            struct cmsghdr align;
+        } ctl;
+        struct msghdr m = {0};
+        m.msg_name = &dst;
+        m.msg_namelen = sizeof dst;
+        m.msg_control = ctl.buf;
+        m.msg_controllen = sizeof ctl.buf;
+        ssize_t n;
+        do
+            n = recvmsg(u->fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            break;
+        read_any = 1;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+            if (!((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
+                  (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
+                continue;
+            struct sock_extended_err ee;
+            memcpy(&ee, CMSG_DATA(cm), sizeof ee);
+            if (ee.ee_origin != SO_EE_ORIGIN_ICMP && ee.ee_origin != SO_EE_ORIGIN_ICMP6)
+                continue;
+            struct sn_dp_udp_error e = {0};
+            e.err = (int32_t)ee.ee_errno;
+            if (dst.ss_family == AF_INET6 && m.msg_namelen >= sizeof(struct sockaddr_in6)) {
+                struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&dst;
+                memcpy(e.addr, &s6->sin6_addr, 16);
+                e.addr_len = 16;
+                e.port = ntohs(s6->sin6_port);
+            } else if (dst.ss_family == AF_INET && m.msg_namelen >= sizeof(struct sockaddr_in)) {
+                struct sockaddr_in *s4 = (struct sockaddr_in *)&dst;
+                memcpy(e.addr, &s4->sin_addr, 4);
+                e.addr_len = 4;
+                e.port = ntohs(s4->sin_port);
+            } else {
+                continue;
+            }
+            dp->stats[SN_DP_S_UDP_ICMP_ERRORS]++;
+            uint8_t *body = rec_begin(dp, SN_DP_UDP_ERROR, u->id, sizeof e);
+            if (body)
+                memcpy(body, &e, sizeof e);
+        }
+    }
+    if (!read_any) {
+        int err;
+        socklen_t el = sizeof err;
+        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    }
+}
+
 static void udp_datagram(struct sn_dp *dp, struct flow *u, const uint8_t *b, size_t l4, uint32_t ulen,
                          const uint8_t *dst, uint32_t alen, uint16_t dport)
 {
@@ -1169,7 +1237,7 @@ static void udp_datagram(struct sn_dp *dp, struct flow *u, const uint8_t *b, siz
                 continue;
             }
             if (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH)
-                rec_begin(dp, SN_DP_UDP_ERROR, u->id, 0);
+                udp_errors(dp, u);  /* the error that failed this send is queued */
             else
                 dp->stats[SN_DP_S_UDP_SEND_ERRORS]++;
             return;
@@ -1181,7 +1249,7 @@ static void udp_datagram(struct sn_dp *dp, struct flow *u, const uint8_t *b, siz
 static uint32_t udp_host_event(struct sn_dp *dp, struct flow *u, uint32_t events, uint32_t big)
 {
     if (events & EPOLLERR) {
-        rec_begin(dp, SN_DP_UDP_ERROR, u->id, 0);
+        udp_errors(dp, u);
         return big;
     }
     int v6 = u->v6;
@@ -1204,7 +1272,7 @@ static uint32_t udp_host_event(struct sn_dp *dp, struct flow *u, uint32_t events
         while (n < 0 && errno == EINTR);
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                rec_begin(dp, SN_DP_UDP_ERROR, u->id, 0);
+                udp_errors(dp, u);
             break;
         }
         mark_active(dp, u);

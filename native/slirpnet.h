@@ -45,7 +45,8 @@ uint16_t sn_csum_update32(uint16_t csum, uint32_t old_word, uint32_t new_word);
  *   SN_DP_EJECTED       struct sn_dp_ejected; the caller then reads the
  *                       send_len unacknowledged bytes from fd (the flow is gone)
  *   SN_DP_UDP_DATAGRAM  struct sn_dp_udp_datagram, then the datagram
- *   SN_DP_UDP_ERROR     nothing
+ *   SN_DP_UDP_ERROR     struct sn_dp_udp_error: an ICMP error the datapath
+ *                       read from a UDP socket's error queue (IP_RECVERR)
  *   SN_DP_CLOSED        struct sn_dp_closed: the connection ended in the
  *                       datapath; the edge closes fd (with RST when how is
  *                       SN_DP_HOW_RESET) and netstack forgets the flow
@@ -132,6 +133,7 @@ enum sn_dp_stat {
     SN_DP_S_FIN_FROM_GUEST, SN_DP_S_FIN_TO_GUEST, SN_DP_S_RST_TO_GUEST,
     SN_DP_S_CLOSED_FIN, SN_DP_S_CLOSED_RESET, SN_DP_S_CLOSED_HOST_RESET,
     SN_DP_S_TIME_WAIT_ENDED, SN_DP_S_TIME_WAIT_REUSED, SN_DP_S_RX_AFTER_FIN,
+    SN_DP_S_UDP_ICMP_ERRORS,
     SN_DP_S_COUNT
 };
 
@@ -193,6 +195,14 @@ struct sn_dp_udp_datagram {
     uint8_t addr[16];           /* host source, as the socket reported it */
     uint32_t addr_len;
     uint32_t port;
+};
+
+struct sn_dp_udp_error {
+    uint8_t addr[16];           /* where the failed datagram went (host address) */
+    uint32_t addr_len;
+    uint32_t port;
+    int32_t err;                /* ee_errno: ECONNREFUSED, EHOSTUNREACH, ... */
+    int32_t pad;
 };
 
 struct sn_dp;

@@ -38,21 +38,18 @@ import struct
 from netstack import actions as act
 from netstack import events as ev
 
+from .datapath import IP_RECVERR, IPV6_RECVERR, read_icmp_errors
+
 SO_MEMINFO = 55
 _MEMINFO = struct.Struct("=9I")  # SK_MEMINFO_VARS
 _MEMINFO_SNDBUF = 3
 _MEMINFO_WMEM_QUEUED = 5
-IP_RECVERR = 11
-IPV6_RECVERR = 25
-SO_EE_ORIGIN_ICMP = 2
-SO_EE_ORIGIN_ICMP6 = 3
 RECV_CHUNK = 256 * 1024
 UDP_RECV_MAX = 65536
 ICMP_ECHO_REQUEST = 8
 ICMPV6_ECHO_REQUEST = 128
 
 _ICMP_HDR = struct.Struct("!BBHHH")
-_EE = struct.Struct("=IBBBBII")  # struct sock_extended_err
 
 
 def family_of(addr: bytes) -> int:
@@ -338,27 +335,9 @@ class HostSockets:
             self.emit(ev.UdpReceived(flow, socket.inet_pton(sock.family, peer[0]), peer[1], data))
         self.driver.flush()
 
-    def drain_udp_errors(self, flow: int) -> None:
-        """Report the ICMP errors queued on the flow's socket (IP_RECVERR)."""
-        sock = self.udp.get(flow)
-        if sock is not None:
-            self._drain_udp_errors(flow, sock)
-            self.driver.flush()
-
     def _drain_udp_errors(self, flow: int, sock: socket.socket) -> None:
-        for _ in range(64):
-            try:
-                _, ancdata, _, dest = sock.recvmsg(0, 512, socket.MSG_ERRQUEUE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            for level, kind, data in ancdata:
-                if (level, kind) in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)):
-                    ee_errno, origin = _EE.unpack_from(data)[:2]
-                    if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) and dest:
-                        addr = socket.inet_pton(sock.family, dest[0])
-                        self.emit(ev.UdpFailed(flow, ee_errno, addr, dest[1]))
+        for err, addr, port in read_icmp_errors(sock, 64):
+            self.emit(ev.UdpFailed(flow, err, addr, port))
 
     def forward_session(self, flow: int, reply) -> None:
         """Remember how to answer the host peer of UDP forward session ``flow``."""

@@ -66,7 +66,7 @@ class Offload:
             elif kind is UdpDatagram:
                 stack.handle_event(ev.UdpReceived(item.flow, item.addr, item.port, item.data), now)
             elif kind is UdpError:
-                self.hostsocks.drain_udp_errors(item.flow)
+                stack.handle_event(ev.UdpFailed(item.flow, item.errno, item.addr, item.port), now)
             elif kind is TapError:
                 self.driver.tap_failed(item.errno)
 

@@ -111,8 +111,11 @@ Slow items, in the order they happened:
   fragments it); ``addr``/``port`` are the host source as the socket
   reported it (not mapped: netstack's UdpReceived).  At most UDP_BIG_MAX per
   host_readable call;
-* :class:`UdpError` — an ICMP error is queued on a UDP socket (EPOLLERR, or
-  sendto/recvfrom failed with it): the edge drains the error queue.
+* :class:`UdpError` — an ICMP error was queued on a UDP socket (EPOLLERR, or
+  sendto/recvfrom failed with it): the datapath reads the error queue itself
+  (at most UDP_ERRORS_MAX entries per call; an EPOLLERR stays raised until
+  it is empty) and hands up each ICMP-origin entry; the edge gives it to
+  netstack as UdpFailed.
 
 TCP fast path, exactly (both implementations; the parity tests hold them to
 it).  A guest frame is taken only if: vnet + Ethernet + IPv4 without options
@@ -228,6 +231,8 @@ not fit the MTU.  At most UDP_RECV_BUDGET datagrams per socket per call
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from dataclasses import dataclass
 
 TAP_READ_BUDGET = 256
@@ -236,6 +241,7 @@ MAX_RTO_RETRIES = 8
 HOST_EVENTS_MAX = 64  # epoll events per host_readable call
 UDP_RECV_BUDGET = 64  # datagrams per UDP socket per host_readable call
 UDP_BIG_MAX = 64  # UdpDatagram items per host_readable call
+UDP_ERRORS_MAX = 16  # error-queue entries read per call (native: UDP_ERRORS_MAX)
 RTO_MIN_S = 0.2
 RTO_MAX_S = 60.0
 CLOCK_GRANULARITY_S = 0.001
@@ -280,6 +286,7 @@ STAT_NAMES = (
     "dp.time_wait_ended",
     "dp.time_wait_reused",
     "dp.rx_after_fin",
+    "dp.udp_icmp_errors",
 )
 
 
@@ -348,7 +355,14 @@ class UdpDatagram:
 
 @dataclass(frozen=True, slots=True)
 class UdpError:
+    """An ICMP error the datapath read from the flow's socket's error queue:
+    the datagram to ``addr``/``port`` (host address, unmapped) failed with
+    ``errno`` (netstack's UdpFailed)."""
+
     flow: int
+    errno: int
+    addr: bytes
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +370,36 @@ class TapError:
     """Threaded mode: the datapath thread's TAP read failed for good (errno)."""
 
     errno: int
+
+
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+_EE = struct.Struct("=IBBBBII")  # struct sock_extended_err
+
+
+def read_icmp_errors(sock: socket.socket, limit: int = UDP_ERRORS_MAX) -> list[tuple[int, bytes, int]]:
+    """Empty (up to ``limit`` entries of) a UDP socket's error queue
+    (IP_RECVERR): ``(errno, destination address, destination port)`` of each
+    ICMP error, in order; other entries are dropped.  A pending error with
+    nothing queued is cleared (SO_ERROR), so that EPOLLERR stops."""
+    errors = []
+    read_any = False
+    for _ in range(limit):
+        try:
+            _, ancdata, _, dest = sock.recvmsg(0, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except OSError:  # EAGAIN: empty
+            break
+        read_any = True
+        for level, kind, data in ancdata:
+            if (level, kind) in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)):
+                ee_errno, origin = _EE.unpack_from(data)[:2]
+                if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) and dest:
+                    errors.append((ee_errno, socket.inet_pton(sock.family, dest[0].partition("%")[0]), dest[1]))
+    if not read_any:
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    return errors
 
 
 def read_send_bytes(fd: int, n: int, tcb: dict) -> bytes:

@@ -36,6 +36,7 @@ from . import (
 
 _REC = struct.Struct("=IIQ")
 _UDPD = struct.Struct("=16sII")
+_UDPE = struct.Struct("=16sIIi4x")  # struct sn_dp_udp_error
 _TCB_U32 = (
     "iss", "irs", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
     "rcv_nxt", "rcv_adv", "rcv_wscale", "mss", "ts_recent", "ts_offset",
@@ -220,7 +221,8 @@ class NativeDatapath:
                 data = bytes(mv[body + _UDPD.size : body + length])
                 items.append(UdpDatagram(flow, addr[:alen], port, data))
             elif kind == lib.SN_DP_UDP_ERROR:
-                items.append(UdpError(flow))
+                addr, alen, port, err = _UDPE.unpack_from(mv, body)
+                items.append(UdpError(flow, err, addr[:alen], port))
             elif kind == lib.SN_DP_CLOSED:
                 how, err = struct.unpack_from("=ii", mv, body)
                 items.append(Closed(flow, CLOSE_HOWS[how], err))

@@ -51,6 +51,7 @@ from . import (
     UdpDatagram,
     UdpError,
     UdpFlow,
+    read_icmp_errors,
     read_send_bytes,
 )
 
@@ -567,15 +568,20 @@ class PythonDatapath:
                 continue
             except OSError as err:
                 if err.errno in (errno_mod.ECONNREFUSED, errno_mod.EHOSTUNREACH, errno_mod.ENETUNREACH):
-                    self._items.append(UdpError(u.flow))
+                    self._udp_errors(u)  # the error that failed this send is queued
                 else:
                     st["dp.udp_send_errors"] += 1
                 return
             st["dp.udp_to_host"] += 1
 
+    def _udp_errors(self, u: _Udp) -> None:
+        for err, addr, port in read_icmp_errors(u.sock):
+            self._stats["dp.udp_icmp_errors"] += 1
+            self._items.append(UdpError(u.flow, err, addr, port))
+
     def _udp_host_event(self, u: _Udp, ev: int, big: int) -> int:
         if ev & select.EPOLLERR:
-            self._items.append(UdpError(u.flow))
+            self._udp_errors(u)
             return big
         iphlen = 40 if u.v6 else 20
         off = L3 + iphlen + 8
@@ -590,7 +596,7 @@ class PythonDatapath:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                self._items.append(UdpError(u.flow))
+                self._udp_errors(u)
                 break
             self._activity[u.flow] = None
             fam = socket.AF_INET6 if u.v6 else socket.AF_INET

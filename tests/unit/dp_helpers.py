@@ -164,7 +164,10 @@ def normalize(item, side=None):
             addr = "this side's loopback"  # each side has its own (SIDE_LOOPBACK)
         return ("UdpDatagram", item.flow, addr, item.port, item.data)
     if isinstance(item, UdpError):
-        return ("UdpError", item.flow)
+        addr = item.addr
+        if side is not None and addr == socket.inet_aton(side.lo):
+            addr = "this side's loopback"
+        return ("UdpError", item.flow, item.errno, addr, item.port)
     raise TypeError(item)
 
 

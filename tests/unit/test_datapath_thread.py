@@ -8,15 +8,17 @@ thread to the same results without any call from Python per packet.
 
 from __future__ import annotations
 
+import errno
 import select
+import socket
 import struct
 import time
 
 import pytest
 
-from slirp.datapath import Closed, Ejected, Frame
+from slirp.datapath import Closed, Ejected, Frame, UdpError
 
-from .dp_helpers import HAVE_NATIVE, GuestTcp, Side, base_tcb, parse_out
+from .dp_helpers import HAVE_NATIVE, GuestTcp, Side, base_tcb, guest_udp, parse_out
 from netstack.wire.tcp import ACK, FIN, PSH, URG
 
 pytestmark = pytest.mark.skipif(not HAVE_NATIVE, reason="slirp._native not built")
@@ -195,6 +197,29 @@ def test_inject_hands_a_frame_to_an_installed_flow():
         assert host_bytes(side, 1, 5) == b"again"
         # not for a flow: handed back as a slow Frame at once
         assert [type(i) for i in side.dp.inject(not_ip(3), 0.0)] == [Frame]
+    finally:
+        side.close()
+
+
+def test_an_icmp_error_on_a_udp_flow_is_one_item_not_a_busy_loop():
+    """A guest datagram to a closed host port: the thread reads the ICMP
+    error off the socket's error queue and queues exactly one UdpError (it
+    used to re-queue one per epoll_wait while EPOLLERR stayed raised)."""
+    side = threaded_side()
+    try:
+        srv = side.udp_server(0)
+        port = srv.getsockname()[1]
+        srv.close()
+        sock = side.add_udp(7)
+        sock.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR, as the edge sets it
+        cpu = time.process_time()
+        side.to_tap(guest_udp(b"nobody", dport=port))
+        items = take_until(side, 1)
+        time.sleep(0.2)
+        items += side.dp.take()
+        assert items == [UdpError(7, errno.ECONNREFUSED, socket.inet_aton(side.lo), port)]
+        assert time.process_time() - cpu < 0.15, "the thread kept spinning"
+        assert side.dp.stats()["dp.udp_icmp_errors"] == 1
     finally:
         side.close()
 
