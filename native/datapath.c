@@ -817,14 +817,15 @@ static void time_wait_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b
         forget(dp, (int32_t)(f - dp->flows));
         return;
     }
-    if ((flags & (TH_SYN | TH_ACK)) == TH_SYN) {
-        /* a new incarnation (RFC 9293 §3.6.1): the flow is netstack's to open */
+    if (flags & TH_SYN) {
+        /* a new incarnation (RFC 9293 §3.6.1): the guest's SYN, or its SYN|ACK
+         * to a port forward netstack opened on the same key — netstack's */
         dp->stats[SN_DP_S_TIME_WAIT_REUSED]++;
         forget(dp, (int32_t)(f - dp->flows));
         slow_frame(dp, b, n, 0);
         return;
     }
-    if (plen || (flags & (TH_FIN | TH_SYN))) {
+    if (plen || (flags & TH_FIN)) {
         /* a retransmission: our last ACK was lost; stay (netstack restarts too) */
         timer_set(dp, f, T_TIME_WAIT, now + TIME_WAIT_S);
         send_ack(dp, f, now);

@@ -195,8 +195,9 @@ path takes exactly ACK, ACK|PSH, and those with FIN, plus RST):
   Closed(fin);
 * TIME_WAIT: Closed(fin) at once (the socket is the edge's to close); the
   flow keeps its slot without a socket for TIME_WAIT_S, restarted by a
-  retransmission from the guest (re-ACKed); a RST ends it silently, a SYN
-  too and the SYN is a slow Frame (a new incarnation: netstack's).  An
+  retransmission from the guest (re-ACKed); a RST ends it silently, a
+  segment with SYN too and is a slow Frame (a new incarnation: the guest's
+  SYN, or its SYN|ACK to a forward netstack opened on the same key).  An
   install with its key, or into a full table, recycles a TIME_WAIT flow
   first (``dp.time_wait_reused`` / ``dp.time_wait_ended``);
 * a RST from the guest exactly at rcv_nxt (RFC 5961 §3.2) ends the flow:

@@ -631,13 +631,14 @@ class PythonDatapath:
             st["dp.time_wait_ended"] += 1
             self._forget(f)
             return
-        if flags & (SYN | ACK) == SYN:
-            # a new incarnation (RFC 9293 §3.6.1): the flow is netstack's to open
+        if flags & SYN:
+            # a new incarnation (RFC 9293 §3.6.1): the guest's SYN, or its SYN|ACK
+            # to a port forward netstack opened on the same key — netstack's
             st["dp.time_wait_reused"] += 1
             self._forget(f)
             self._slow(b)
             return
-        if plen or flags & (FIN | SYN):
+        if plen or flags & FIN:
             # a retransmission: our last ACK was lost; stay (netstack restarts too)
             self._time_wait_timer(f, now)
             self._send_ack(f, now)
