@@ -1580,15 +1580,15 @@ static int32_t oldest_time_wait(const struct sn_dp *dp) { return dp->tw_head; }
 static int32_t alloc_flow(struct sn_dp *dp, uint64_t id, const struct key *k, uint64_t kh, int fd, int *err)
 {
     int32_t old = find_key(dp, k, kh);
-    if (old >= 0 && dp->flows[old].state == SN_DP_TIME_WAIT && dp->flows[old].key.proto == P_TCP) {
+    int tw = old >= 0 && dp->flows[old].state == SN_DP_TIME_WAIT && dp->flows[old].key.proto == P_TCP;
+    if (find_id(dp, id) >= 0 || (old >= 0 && !tw)) {
+        *err = -EEXIST;  /* refused before anything changed */
+        return -1;
+    }
+    if (tw) {
         /* a new incarnation of a key in TIME_WAIT (netstack opened it) */
         dp->stats[SN_DP_S_TIME_WAIT_REUSED]++;
         forget(dp, old);
-        old = -1;
-    }
-    if (find_id(dp, id) >= 0 || old >= 0) {
-        *err = -EEXIST;
-        return -1;
     }
     if (dp->nfree == 0 && (old = oldest_time_wait(dp)) >= 0) {
         /* overflow policy: TIME_WAIT flows are recycled first (as netstack's) */
@@ -1678,16 +1678,14 @@ static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
         th[22] = 8;
         th[23] = 10;
     }
-    if (dp->peek_offset) {
+    int rc = commit_flow(dp, idx, EV_TCP_IN);
+    if (rc < 0)
+        return rc;  /* e.g. EEXIST: the fd is another flow's, whose socket stays as it is */
+    if (dp->peek_offset) {  /* no event is handled before this: we hold the lock */
         int off = 0;
         f->kernel_peek = setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off) == 0;
     }
-    int rc = commit_flow(dp, idx, EV_TCP_IN);
-    if (rc < 0 && f->kernel_peek) {
-        int off = -1;
-        setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
-    }
-    return rc;
+    return 0;
 }
 
 static int install_udp(struct sn_dp *dp, const struct sn_udp_flow *s)

@@ -407,12 +407,13 @@ class PythonDatapath:
 
     def _check_new(self, flow: int, fd: int, key: tuple) -> None:
         old = self._keys.get(key)
-        if type(old) is _Tcp and old.state == TIME_WAIT:
+        time_wait = type(old) is _Tcp and old.state == TIME_WAIT
+        if flow in self._ids or (old is not None and not time_wait) or fd in self._fds:
+            raise ValueError(f"flow {flow}: already installed (id, key or fd)")  # before anything changed
+        if time_wait:
             # a new incarnation of a key in TIME_WAIT (netstack opened it)
             self._stats["dp.time_wait_reused"] += 1
             self._forget(old)
-        if flow in self._ids or key in self._keys or fd in self._fds:
-            raise ValueError(f"flow {flow}: already installed (id, key or fd)")
         if len(self._ids) >= self._max_flows:
             # overflow policy: TIME_WAIT flows are recycled first (as netstack's)
             waiting = [f for f in self._ids.values() if type(f) is _Tcp and f.timer == T_TIME_WAIT]

@@ -21,7 +21,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from netstack.wire.checksum import checksum
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, URG
-from slirp.datapath import INFLIGHT_MAX, MAX_RTO_RETRIES, Closed, Ejected, Frame, UdpDatagram, UdpError
+from slirp.datapath import INFLIGHT_MAX, MAX_RTO_RETRIES, Closed, Ejected, Frame, TcpFlow, UdpDatagram, UdpError
 
 from .dp_helpers import (
     DNS,
@@ -765,6 +765,24 @@ def test_install_checks(twin):
             s.add_tcp(2)  # key in use
         with pytest.raises(ValueError):
             s.add_tcp(3, gport=46000, tcb=base_tcb(snd_max=2000))  # data in flight
+
+
+def test_a_refused_install_leaves_the_flow_whose_fd_it_named_alone(twin):
+    """Installing a second flow on an installed flow's socket is refused
+    before anything changes: the first flow's peek offset stays, so what it
+    sends next is the next bytes, not the unacknowledged ones again."""
+    established(twin)
+    items, frames = twin.host_send(1, b"abc")
+    assert [parse_out(f)["payload"] for f in frames] == [b"abc"]
+    for s in twin.sides:
+        spec = TcpFlow(flow=2, fd=s.conns[1].edge.fileno(), guest_addr=GUEST, guest_port=46000, remote_addr=GATEWAY,
+                       remote_port=80, guest_mac=GUEST_MAC, our_mac=OUR_MAC, tcb=base_tcb(), rcv_buf_max=1 << 20,
+                       now=twin.now)  # fmt: skip
+        with pytest.raises(ValueError):
+            s.dp.install_tcp(spec)
+        assert not s.dp.owns(2)
+    items, frames = twin.host_send(1, b"def")
+    assert [(parse_out(f)["seq"], parse_out(f)["payload"]) for f in frames] == [(1004, b"def")]
 
 
 def test_fileno_is_readable_only_with_host_events(twin):
