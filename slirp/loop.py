@@ -7,7 +7,10 @@ unread guest frames are dropped by the TUN queue, tap-offloads.md gotcha 8),
 hands each to the sans-IO stack, then :meth:`flush` writes the stack's frames
 to the TAP, carries out its actions through the host-socket edge, and re-arms
 the one timer for the stack's next deadline.  This module is the only place
-that reads the clock (``loop.time()``, monotonic seconds).
+that reads the clock (:func:`clock`: CLOCK_MONOTONIC seconds, the datapath
+thread's clock too — uvloop's ``loop.time()`` has the same base but lags by
+up to a millisecond, and a netstack resuming a flow must not see time earlier
+than the thread stamped on it).
 
 The edge's other fds are watched here too: the API socket and its clients
 (``API_*`` kinds, served by :class:`slirp.api.ApiServer`, never blocking the
@@ -28,6 +31,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 import uvloop
 
@@ -48,6 +52,8 @@ from .tap import VNET_HDR_LEN
 TAP_READ_BUDGET = 256  # frames per wake-up
 TAP_BUF_LEN = VNET_HDR_LEN + 65536 + 14 + 64  # never truncate a 64 KiB frame (gotcha 6)
 FLUSH_ROUNDS = 64  # action -> event -> action rounds per flush before yielding
+
+clock = time.monotonic  # the one clock of the edge (see the module docstring)
 
 
 class FdKind(enum.Enum):
@@ -207,7 +213,7 @@ class Driver:
         the connection (``conn`` is ours from now on).  The guest sees the
         client's address, or the gateway for loopback clients (spec §4.6).
         Called from :meth:`slirp.portfwd.ForwardRegistry.accept_ready`."""
-        now = self.loop.time()
+        now = clock()
         space = self.hostsocks.send_space_of(conn)
         flow = self.stack.tcp_open_to_guest(forward.target_addr, forward.target_port, peer_addr, peer_port, space, now)
         if flow is None:
@@ -225,7 +231,7 @@ class Driver:
         """A datagram from a host peer on ``forward`` (a UDP forward): deliver
         it to the guest in a session whose replies go back through ``reply``.
         Called from :meth:`slirp.portfwd.ForwardRegistry.datagrams_ready`."""
-        now = self.loop.time()
+        now = clock()
         flow = self.stack.udp_forward_from_host(forward.target_addr, forward.target_port, peer_addr, peer_port, data, now)
         if flow is None:
             self.counters.bump("portfwd.udp_refused")
@@ -286,7 +292,7 @@ class Driver:
 
     def tap_readable_handler(self) -> None:
         if self.offload is not None:
-            now = self.loop.time()
+            now = clock()
             items = self.offload.dp.tap_readable(now)
             if items:
                 self.offload.deliver(items, now)
@@ -297,7 +303,7 @@ class Driver:
         stack = self.stack
         view = self._tap_view
         fd = self.tap_fd
-        now = self.loop.time()
+        now = clock()
         for _ in range(TAP_READ_BUDGET):
             try:
                 n = os.readv(fd, (self._tap_buf,))
@@ -366,7 +372,7 @@ class Driver:
     def timer_handler(self) -> None:
         self._timer = None
         self._timer_at = None
-        now = self.loop.time()
+        now = clock()
         self.stack.poll(now)
         if self.offload is not None and not self.offload.dp.threaded:
             self.offload.deliver(self.offload.dp.timers(now), now)
@@ -374,7 +380,7 @@ class Driver:
 
     def datapath_readable_handler(self) -> None:
         """Host sockets of offloaded flows are ready."""
-        now = self.loop.time()
+        now = clock()
         items = self.offload.dp.host_readable(now)
         if items:
             self.offload.deliver(items, now)
@@ -384,10 +390,9 @@ class Driver:
 
     def datapath_items_handler(self) -> None:
         """Threaded mode: the datapath thread queued slow items."""
-        now = self.loop.time()
         items = self.offload.dp.take()
         if items:
-            self.offload.deliver(items, now)
+            self.offload.deliver(items, clock())  # after take(): no earlier than the thread's stamps
             self.flush()
 
     def tap_failed(self, err: int) -> None:
@@ -410,7 +415,7 @@ class Driver:
 
     def activity_handler(self) -> None:
         """Refresh netstack's idle timers of flows only the datapath saw."""
-        self.offload.refresh_activity(self.loop.time())
+        self.offload.refresh_activity(clock())
         self.loop.call_later(ACTIVITY_REFRESH_S, self.activity_handler)
 
     # -- output ---------------------------------------------------------------
@@ -445,14 +450,14 @@ class Driver:
                         break
                     continue
                 events, self.events = self.events, []
-                now = self.loop.time()
+                now = clock()
                 for event in events:
                     stack.handle_event(event, now)
             else:
                 self.loop.call_soon(self.flush)  # more to do: yield to other fds first
             self._write_frames(stack.take_frames())
             if self.offload is not None:
-                self.offload.install_ready(self.loop.time())
+                self.offload.install_ready(clock())
         finally:
             self._flushing = False
         deadline = self._stack_deadline = self.stack.next_deadline()
