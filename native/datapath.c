@@ -191,6 +191,7 @@ struct sn_dp {
     pthread_mutex_t mu;
     pthread_t thread;
     int threaded, stop, stalled, notified, tap_gone;
+    double planned;             /* the deadline the thread sleeps toward (-1: none) */
     int notify_efd, wake_efd;   /* thread -> Python: items queued; Python -> thread: drained / stop */
     uint8_t *queue;             /* slow items waiting for sn_dp_take (records) */
     size_t qlen;
@@ -1503,6 +1504,7 @@ struct sn_dp *sn_dp_new(int tap_fd, int mtu, uint32_t max_flows, int peek_offset
     dp->max_flows = max_flows;
     dp->timers = dp->tw_head = dp->tw_tail = -1;
     dp->notify_efd = dp->wake_efd = -1;
+    dp->planned = -1;
     pthread_mutex_init(&dp->mu, NULL);
     uint32_t cap = 1;
     while (cap < 2 * max_flows)
@@ -1950,10 +1952,26 @@ int sn_dp_add_addr(struct sn_dp *dp, int which, const uint8_t *a, uint32_t alen,
     return 0;
 }
 
+static void efd_kick(int fd);
+
+/* Threaded mode: a call that armed a timer earlier than the deadline the
+ * thread sleeps toward wakes the thread to recompute its timeout. */
+static void wake_for_deadline(struct sn_dp *dp)
+{
+    if (!dp->threaded || dp->stop)
+        return;
+    double dl = next_deadline(dp);
+    if (dl >= 0 && (dp->planned < 0 || dl < dp->planned)) {
+        dp->planned = dl;
+        efd_kick(dp->wake_efd);
+    }
+}
+
 int sn_dp_install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
 {
     lock(dp);
     int rc = install_tcp(dp, s);
+    wake_for_deadline(dp);
     unlock(dp);
     return rc;
 }
@@ -2015,6 +2033,7 @@ long sn_dp_inject(struct sn_dp *dp, const uint8_t *frame, size_t len, double now
     frame_from_guest(dp, dp->rx, len, now);
     batch_end(dp, now);
     long rc = (long)dp->out.len;
+    wake_for_deadline(dp);
     unlock(dp);
     return rc;
 }
@@ -2143,6 +2162,7 @@ static void *dp_main(void *arg)
         double dl = next_deadline(dp);
         if (dl >= 0)
             timeout = dl <= now ? 0 : (int)ceil((dl - now) * 1000.0);
+        dp->planned = dl;
         unlock(dp);
         int n;
         if (stalled) {
@@ -2155,7 +2175,16 @@ static void *dp_main(void *arg)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            break; /* a bug (EBADF): stop rather than spin */
+            /* a bug (EBADF): stop rather than spin, and say so */
+            int err = errno;
+            out_begin(dp, dp->queue + dp->qlen, QUEUE_CAP - dp->qlen);
+            uint8_t *body = rec_begin(dp, SN_DP_TAP_ERROR, 0, sizeof(int32_t));
+            if (body)
+                memcpy(body, &err, sizeof err);
+            dp->qlen += dp->out.len;
+            dp->notified = 1;
+            efd_kick(dp->notify_efd);
+            break;
         }
         if (stalled) {
             efd_drain(dp->wake_efd);

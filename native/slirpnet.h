@@ -51,7 +51,8 @@ uint16_t sn_csum_update32(uint16_t csum, uint32_t old_word, uint32_t new_word);
  *                       datapath; the edge closes fd (with RST when how is
  *                       SN_DP_HOW_RESET) and netstack forgets the flow
  *   SN_DP_TAP_ERROR     int32 errno: the thread's TAP read failed for good
- *                       (threaded mode only; the thread stopped reading it)
+ *                       (it stopped reading it), or the thread itself stopped
+ *                       on an error (threaded mode only)
  * The record calls return the bytes of records written, or -errno (only
  * when no record was written).  `out` must hold SN_DP_OUT_MIN bytes.
  *
