@@ -2228,7 +2228,7 @@ static void *dp_main(void *arg)
 
 int sn_dp_start(struct sn_dp *dp)
 {
-    if (dp->threaded)
+    if (dp->threaded || dp->queue)  /* once per datapath: a stopped one stays stopped */
         return -EALREADY;
     int err = 0;
     dp->queue = malloc(QUEUE_CAP);

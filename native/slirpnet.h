@@ -67,7 +67,8 @@ uint16_t sn_csum_update32(uint16_t csum, uint32_t old_word, uint32_t new_word);
  * and sn_dp_take() hands them over.  Every call takes the datapath's mutex,
  * which the thread holds only while it handles one batch; the `now` of a
  * call is ignored in threaded mode.  sn_dp_add_addr only before the start.
- * sn_dp_stop (and sn_dp_free) stop and join the thread.
+ * sn_dp_stop (and sn_dp_free) stop and join the thread; a datapath starts
+ * at most once (sn_dp_start again: -EALREADY).
  */
 enum {
     SN_DP_TAP_READ_BUDGET = 256,

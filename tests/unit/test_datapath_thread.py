@@ -224,6 +224,16 @@ def test_an_icmp_error_on_a_udp_flow_is_one_item_not_a_busy_loop():
         side.close()
 
 
+def test_a_datapath_starts_at_most_once():
+    side = threaded_side()
+    try:
+        with pytest.raises(OSError) as again:
+            side.dp.start()
+        assert again.value.errno == errno.EALREADY
+    finally:
+        side.close()
+
+
 def test_stop_joins_a_thread_that_is_waiting_or_stalled():
     for stall in (False, True):
         side = threaded_side()
