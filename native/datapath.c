@@ -188,6 +188,7 @@ struct sn_dp {
     pthread_mutex_t mu;
     pthread_t thread;
     int threaded, stop, stalled, notified, tap_gone;
+    double sleep_until;         /* the deadline the thread sleeps to (-1: none, -2: awake) */
     int notify_efd, wake_efd;   /* thread -> Python: items queued; Python -> thread: drained / stop */
     uint8_t *queue;             /* slow items waiting for sn_dp_take (records) */
     size_t qlen;
@@ -591,7 +592,10 @@ static void eject(struct sn_dp *dp, struct flow *f, int reason, int err, double 
         e->reason = reason;
         e->err = err;
         e->fd = f->fd;
-        e->send_len = f->t.snd_max - f->t.snd_una - (f->fin_sent && f->t.snd_max != f->t.snd_una);
+        /* in SYN_RECEIVED the one unacknowledged sequence number is our SYN */
+        e->send_len = f->state == SN_DP_SYN_RECEIVED
+                          ? 0
+                          : f->t.snd_max - f->t.snd_una - (f->fin_sent && f->t.snd_max != f->t.snd_una);
         e->state = f->state;
         e->host_eof = f->host_eof;
     }
@@ -827,6 +831,28 @@ static void time_wait_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b
     }
 }
 
+/* SYN_RECEIVED -> ESTABLISHED on the guest's ACK of our SYN-ACK (netstack's
+ * SYN_RECEIVED rule): RTT from TSecr, the guest's window, no timer.  The
+ * segment then goes on as any ESTABLISHED one (its payload, if any). */
+static void handshake_done(struct sn_dp *dp, struct flow *f, uint32_t seq, uint32_t ack, uint32_t wnd,
+                           uint32_t tsecr, double now)
+{
+    struct sn_tcb *t = &f->t;
+    if (t->ts_ok && tsecr) {
+        uint32_t ms = ts_now(f, now) - tsecr;
+        if (ms < HALF)
+            rtt_sample(f, (double)ms / 1000.0);
+    }
+    t->snd_una = ack;
+    t->snd_wnd = t->max_snd_wnd = wnd;
+    t->snd_wl1 = seq;
+    t->snd_wl2 = ack;
+    timer_set(dp, f, T_NONE, 0.0);
+    f->retries = 0;
+    f->state = SN_DP_ESTABLISHED;
+    f->want_output = 1; /* host data that came meanwhile (edge-triggered: no new event) */
+}
+
 static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, size_t l4, uint32_t l4len,
                         uint32_t doff, double now)
 {
@@ -868,6 +894,16 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
     touch(dp, f);
     uint32_t seq = rd32(th + 4), ack = rd32(th + 8);
     uint32_t wnd = (uint32_t)rd16(th + 14) << t->snd_wscale;
+    if (f->state == SN_DP_SYN_RECEIVED) {
+        /* 0. the guest's ACK of our SYN-ACK, exactly: at rcv_nxt, acking
+         * snd_max, no FIN, passing PAWS; anything else is netstack's */
+        if ((flags & TH_FIN) || seq != t->rcv_nxt || ack != t->snd_max ||
+            (t->ts_ok && seq_lt(tsval, t->ts_recent) && now - t->ts_recent_at < PAWS_IDLE_S)) {
+            eject_segment(dp, f, b, n, now);
+            return;
+        }
+        handshake_done(dp, f, seq, ack, wnd, tsecr, now);
+    }
     /* 1. PAWS (RFC 7323 §5.3; a TS.Recent idle for 24 days is void, §5.5) */
     if (t->ts_ok && seq_lt(tsval, t->ts_recent) && now - t->ts_recent_at < PAWS_IDLE_S) {
         dp->stats[SN_DP_S_PAWS]++;
@@ -1074,6 +1110,8 @@ static void flush(struct sn_dp *dp, struct flow *f, double now)
             send_ack(dp, f, now);
         return;
     }
+    if (f->state == SN_DP_SYN_RECEIVED)
+        return; /* nothing but our SYN-ACK may be out yet; want_output waits */
     if (f->t.host_space < f->rcv_wnd_max)
         f->space_stale = 1;
     if (f->want_output) {
@@ -1558,11 +1596,25 @@ static int commit_flow(struct sn_dp *dp, int32_t idx, uint32_t events)
     return 0;
 }
 
+static void efd_kick(int fd);
+
+/* Threaded mode, under mu: a timer was armed at `at`; kick the thread unless
+ * it already sleeps to an earlier deadline (or is awake: it looks again). */
+static void wake_for(struct sn_dp *dp, double at)
+{
+    if (dp->threaded && dp->sleep_until != -2.0 && (dp->sleep_until < 0 || at < dp->sleep_until))
+        efd_kick(dp->wake_efd);
+}
+
 static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
 {
     const struct sn_tcb *t = &s->tcb;
-    if (t->snd_una != t->snd_nxt || t->snd_nxt != t->snd_max)
+    if (s->state == SN_DP_SYN_RECEIVED) {
+        if (t->snd_una + 1 != t->snd_nxt || t->snd_nxt != t->snd_max)
+            return -EINVAL; /* only our SYN is outstanding */
+    } else if (s->state != SN_DP_ESTABLISHED || t->snd_una != t->snd_nxt || t->snd_nxt != t->snd_max) {
         return -EINVAL;
+    }
     if ((s->addr_len != 4 && s->addr_len != 16) || t->rcv_wscale > 14 || t->snd_wscale > 14)
         return -EINVAL;
     struct key k;
@@ -1617,6 +1669,11 @@ static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
     if (rc < 0 && f->kernel_peek) {
         int off = -1;
         setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
+    }
+    if (rc == 0 && s->state == SN_DP_SYN_RECEIVED) {
+        f->state = SN_DP_SYN_RECEIVED;
+        timer_set(dp, f, T_RTX, s->now + t->rto); /* netstack's SYN-ACK retransmission timer */
+        wake_for(dp, f->timer_at);
     }
     return rc;
 }
@@ -1822,6 +1879,11 @@ static void run_timers(struct sn_dp *dp, double now)
         if (t->snd_max == t->snd_una)
             continue;
         dp->stats[SN_DP_S_RTO_EXPIRIES]++;
+        if (f->state == SN_DP_SYN_RECEIVED) {
+            /* our SYN-ACK went unacknowledged: netstack retransmits it */
+            eject(dp, f, SN_DP_R_TIMEOUT, 0, now);
+            continue;
+        }
         if (++f->retries >= SN_DP_MAX_RTO_RETRIES) {
             eject(dp, f, SN_DP_R_TIMEOUT, 0, now);
             continue;
@@ -2076,6 +2138,7 @@ static void *dp_main(void *arg)
         double dl = next_deadline(dp);
         if (dl >= 0)
             timeout = dl <= now ? 0 : (int)ceil((dl - now) * 1000.0);
+        dp->sleep_until = stalled ? -2.0 : dl;
         unlock(dp);
         int n;
         if (stalled) {
@@ -2085,6 +2148,7 @@ static void *dp_main(void *arg)
             n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, timeout);
         }
         lock(dp);
+        dp->sleep_until = -2.0;
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -2155,6 +2219,7 @@ int sn_dp_start(struct sn_dp *dp)
     }
     dp->qlen = 0;
     dp->stop = dp->stalled = dp->notified = 0;
+    dp->sleep_until = -2.0; /* not asleep yet: it reads the deadlines first */
     dp->threaded = 1;
     /* the thread is born with every signal blocked */
     sigset_t all, old;

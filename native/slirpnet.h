@@ -96,6 +96,7 @@ enum sn_dp_state {
     SN_DP_CLOSING = 4,
     SN_DP_LAST_ACK = 5,
     SN_DP_TIME_WAIT = 6,
+    SN_DP_SYN_RECEIVED = 7,     /* installed with our SYN-ACK out: the guest's ACK of it is next */
 };
 
 /* How a connection ended in the datapath (slirp.datapath.CLOSE_HOWS). */
@@ -153,6 +154,7 @@ struct sn_tcp_flow {
     uint16_t guest_port, remote_port;
     uint8_t guest_mac[6], our_mac[6];
     uint32_t rcv_buf_max;
+    int32_t state;              /* SN_DP_ESTABLISHED or SN_DP_SYN_RECEIVED */
     double now;
     struct sn_tcb tcb;
 };

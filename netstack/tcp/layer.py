@@ -205,7 +205,7 @@ class TcpLayer:
             self._quotes.pop(flow.id, None)
         if st is State.TIME_WAIT and not flow.evictable:
             table.set_evictable(flow, True)
-        elif st is State.ESTABLISHED and not ep.parked and ep.offloadable():
+        elif (st is State.ESTABLISHED or st is State.SYN_RECEIVED) and not ep.parked and ep.offloadable():
             self.offload_ready.add(flow.id)
         table.set_deadline(flow, ep.deadline())
         table.touch(flow, now)
@@ -428,7 +428,10 @@ class TcpLayer:
     # ------------------------------------------------------------------ datapath hand-off
 
     def park(self, flow_id: int) -> EndpointExport | None:
-        """Detach an ESTABLISHED flow for another owner (the C datapath).
+        """Detach an ESTABLISHED flow for another owner (the C datapath), or a
+        passive open in SYN_RECEIVED whose first SYN-ACK is out (the other
+        owner may take the guest's ACK of it; its timer stays with the
+        endpoint, ours again if the handshake comes back unfinished).
 
         Returns None if the flow cannot be parked now (not ESTABLISHED, a
         write to the host in flight, segments waiting in the reorder queue,

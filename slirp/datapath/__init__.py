@@ -51,8 +51,9 @@ reads a clock):
   wants the flow back, e.g. to close it); ``install_udp(UdpFlow)``;
   ``remove_udp(flow)`` (the edge closes the socket itself afterwards).
   Installing raises ValueError for a flow id, key or fd already installed
-  (or TCP data in flight), OverflowError when the table is full (the flow
-  stays in netstack); eject_tcp/remove_udp raise KeyError for an unknown flow.
+  (or TCP data in flight, or a state other than ESTABLISHED/SYN_RECEIVED),
+  OverflowError when the table is full (the flow stays in netstack);
+  eject_tcp/remove_udp raise KeyError for an unknown flow.
 * ``owns(flow) -> bool``; ``take_activity() -> list[int]`` (UDP flows that
   carried traffic since the last call, in order of first activity: their
   idle timers must be refreshed); ``stats() -> dict[str, int]`` (the
@@ -101,8 +102,9 @@ Slow items, in the order they happened:
   ``requested`` (eject_tcp).  (``host_eof`` and ``host_error`` are no longer
   produced: see "Closing".)  ``state`` is the flow's netstack.tcp.State
   name — a flow may be ejected while closing (CLOSE_WAIT, FIN_WAIT_1/2,
-  CLOSING, LAST_ACK; netstack's import_ takes those) — and ``host_eof``
-  says the host's EOF was seen (our FIN is sent or due);
+  CLOSING, LAST_ACK; netstack's import_ takes those; SYN_RECEIVED, see
+  "Handshake") — and ``host_eof`` says the host's EOF was seen (our FIN is
+  sent or due);
 * :class:`Closed` — the connection ended in the datapath (see "Closing"):
   netstack forgets the flow (``TcpLayer.forget``), the edge closes the
   socket, with RST when ``how`` is ``reset``;
@@ -177,6 +179,24 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
 6. RTO expiry with data in flight: go-back-N, RTO doubled (≤ 60 s); the
    MAX_RTO_RETRIES-th consecutive expiry → Ejected(timeout) instead; an
    expiry while the guest's window is closed → Ejected(zero_window).
+Handshake: a passive open may be installed in SYN_RECEIVED (``TcpFlow.state``)
+once netstack sent its first SYN-ACK — before that frame reaches the TAP, so
+the guest's answer finds the flow here: snd_una + 1 == snd_nxt == snd_max
+(only our SYN is outstanding); the retransmission timer is armed at
+``now`` + rto.  A segment the fast path takes (flags, options and checksum as
+above) that is exactly the guest's ACK of it — SEG.SEQ = rcv_nxt, SEG.ACK =
+snd_max, no FIN, passing PAWS — completes the handshake as netstack's
+SYN_RECEIVED rule does: RTT sampled from a non-zero TSecr (a flow without
+timestamps keeps its RTO), snd_una = SEG.ACK, snd_wnd = max_snd_wnd = the
+scaled window, snd_wl1/snd_wl2 = SEG.SEQ/SEG.ACK, timer stopped →
+ESTABLISHED; the segment then goes on through rules 1–3 (its payload goes
+to the host).  Any other segment: Ejected(segment) + Frame (a retransmitted
+SYN, a wrong ACK, a FIN...; an exact RST ends the flow as below).  Nothing
+is sent toward the guest before that (host data and EOF wait: output starts
+with the handshake's end).  The timer's expiry: Ejected(timeout) with state
+SYN_RECEIVED, ``send_bytes`` empty — netstack retransmits the SYN-ACK (its
+own timer is due), it does not give up.  A failed host socket meanwhile
+resets as below.
 Closing (netstack's rules, netstack/tcp/endpoint.py "Closing"; the fast
 path takes exactly ACK, ACK|PSH, and those with FIN, plus RST):
 * the guest's FIN is taken once every byte before it went to the host
@@ -284,7 +304,8 @@ STAT_NAMES = (
 
 @dataclass(frozen=True, slots=True)
 class TcpFlow:
-    """What install_tcp needs: an ESTABLISHED flow with nothing in flight."""
+    """What install_tcp needs: an ESTABLISHED flow with nothing in flight, or
+    a SYN_RECEIVED one with only our SYN-ACK out (see "Handshake")."""
 
     flow: int
     fd: int
@@ -297,6 +318,7 @@ class TcpFlow:
     tcb: dict  # netstack.tcp.Tcb.to_dict(): snd_una == snd_nxt == snd_max
     rcv_buf_max: int
     now: float
+    state: str = "ESTABLISHED"  # or "SYN_RECEIVED"
 
 
 @dataclass(frozen=True, slots=True)

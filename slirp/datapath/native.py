@@ -42,7 +42,8 @@ _TCB_U32 = (
 )  # fmt: skip
 _TCB_OTHER = ("cwnd", "ssthresh", "host_space", "ts_recent_at", "srtt", "rttvar", "rto")
 
-_STATES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT")
+_STATES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT", "SYN_RECEIVED")
+_INSTALL_STATES = {"ESTABLISHED": 0, "SYN_RECEIVED": 7}  # enum sn_dp_state
 
 _names = tuple(ffi.string(lib.sn_dp_stat_name(i)).decode() for i in range(lib.SN_DP_S_COUNT))
 if _names != STAT_NAMES:  # the header and the Python list must agree
@@ -156,6 +157,10 @@ class NativeDatapath:
         ffi.memmove(s.guest_mac, spec.guest_mac, 6)
         ffi.memmove(s.our_mac, spec.our_mac, 6)
         s.rcv_buf_max = spec.rcv_buf_max
+        try:
+            s.state = _INSTALL_STATES[spec.state]
+        except KeyError:
+            raise ValueError(f"install_tcp: cannot install a flow in {spec.state}") from None
         s.now = spec.now
         t = s.tcb
         d = spec.tcb

@@ -86,8 +86,9 @@ EP_UDP = select.EPOLLIN
 T_NONE, T_RTX, T_PERSIST, T_TIME_WAIT = 0, 1, 2, 3
 
 # TCP states of an installed flow (native/slirpnet.h enum sn_dp_state)
-ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, TIME_WAIT = range(7)
-STATE_NAMES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT")
+ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, TIME_WAIT, SYN_RECEIVED = range(8)
+STATE_NAMES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT", "SYN_RECEIVED")
+_INSTALL_STATES = {"ESTABLISHED": ESTABLISHED, "SYN_RECEIVED": SYN_RECEIVED}
 _FIN_TAKEN = (CLOSE_WAIT, CLOSING, LAST_ACK)
 
 _VNET = struct.Struct("<BBHHHH")
@@ -230,7 +231,13 @@ class PythonDatapath:
 
     def install_tcp(self, spec: TcpFlow) -> None:
         t = spec.tcb
-        if not (t["snd_una"] == t["snd_nxt"] == t["snd_max"]):
+        state = _INSTALL_STATES.get(spec.state)
+        if state is None:
+            raise ValueError(f"install_tcp: cannot install a flow in {spec.state}")
+        if state == SYN_RECEIVED:
+            if not ((t["snd_una"] + 1) & MASK == t["snd_nxt"] == t["snd_max"]):
+                raise ValueError("install_tcp: more than our SYN outstanding")
+        elif not (t["snd_una"] == t["snd_nxt"] == t["snd_max"]):
             raise ValueError("install_tcp: data in flight")
         v6 = len(spec.guest_addr) == 16
         if len(spec.remote_addr) != len(spec.guest_addr) or len(spec.guest_addr) not in (4, 16):
@@ -275,6 +282,9 @@ class PythonDatapath:
             f.sock.detach()
             raise
         self._add(f)
+        if state == SYN_RECEIVED:
+            f.state = SYN_RECEIVED
+            f.timer, f.timer_at = T_RTX, spec.now + f.rto  # netstack's SYN-ACK retransmission timer
 
     def install_udp(self, spec: UdpFlow) -> None:
         if len(spec.guest_addr) not in (4, 16):
@@ -389,6 +399,9 @@ class PythonDatapath:
             if f.snd_max == f.snd_una:
                 continue
             self._stats["dp.rto_expiries"] += 1
+            if f.state == SYN_RECEIVED:
+                self._eject(f, "timeout", 0, now)  # our SYN-ACK went unacknowledged: netstack retransmits it
+                continue
             f.retries += 1
             if f.retries >= MAX_RTO_RETRIES:
                 self._eject(f, "timeout", 0, now)
@@ -668,6 +681,18 @@ class PythonDatapath:
         seq = _U32.unpack_from(b, l4 + 4)[0]
         ack = _U32.unpack_from(b, l4 + 8)[0]
         wnd = ((b[l4 + 14] << 8) | b[l4 + 15]) << f.snd_wscale
+        if f.state == SYN_RECEIVED:
+            # 0. the guest's ACK of our SYN-ACK, exactly: at rcv_nxt, acking
+            # snd_max, no FIN, passing PAWS; anything else is netstack's
+            if (
+                flags & FIN
+                or seq != f.rcv_nxt
+                or ack != f.snd_max
+                or (f.ts_ok and _lt(tsval, f.ts_recent) and now - f.ts_recent_at < PAWS_IDLE_S)
+            ):
+                self._eject_segment(f, b, now)
+                return
+            self._handshake_done(f, seq, ack, wnd, tsecr, now)
         # 1. PAWS (RFC 7323 §5.3; a TS.Recent idle for 24 days is void, §5.5)
         if f.ts_ok and _lt(tsval, f.ts_recent) and now - f.ts_recent_at < PAWS_IDLE_S:
             st["dp.paws"] += 1
@@ -756,6 +781,22 @@ class PythonDatapath:
                 self._send_ack(f, now)
                 self._enter_time_wait(f, now)
 
+    def _handshake_done(self, f: _Tcp, seq: int, ack: int, wnd: int, tsecr: int, now: float) -> None:
+        """SYN_RECEIVED -> ESTABLISHED on the guest's ACK of our SYN-ACK
+        (netstack's SYN_RECEIVED rule): RTT from TSecr, the guest's window,
+        no timer.  The segment then goes on as any ESTABLISHED one."""
+        if f.ts_ok and tsecr:
+            ms = _sub(self._ts_now(f, now), tsecr)
+            if ms < HALF:
+                self._rtt_sample(f, ms / 1000.0)
+        f.snd_una = ack
+        f.snd_wnd = f.max_snd_wnd = wnd
+        f.snd_wl1, f.snd_wl2 = seq, ack
+        f.timer, f.timer_at = T_NONE, 0.0
+        f.retries = 0
+        f.state = ESTABLISHED
+        f.want_output = True  # host data that came meanwhile (edge-triggered: no new event)
+
     def _update_window(self, f: _Tcp, seq: int, ack: int, wnd: int) -> None:
         """RFC 9293 §3.10.7.4: SND.WL1/SND.WL2 say whether the window is newer."""
         if _lt(f.snd_wl1, seq) or (f.snd_wl1 == seq and not _gt(f.snd_wl2, ack)):
@@ -838,6 +879,8 @@ class PythonDatapath:
             if f.ack_pending:
                 self._send_ack(f, now)
             return
+        if f.state == SYN_RECEIVED:
+            return  # nothing but our SYN-ACK may be out yet; want_output waits
         if f.host_space < f.rcv_wnd_max:
             f.space_stale = True
         if f.want_output:
@@ -1039,7 +1082,9 @@ class PythonDatapath:
         tcb = {name: getattr(f, name) for name in _TCB_FIELDS}
         tcb["ts_ok"] = bool(f.ts_ok)
         fin_out = 1 if f.fin_sent and f.snd_max != f.snd_una else 0
-        send_bytes = read_send_bytes(f.fd, _sub(f.snd_max, f.snd_una) - fin_out, tcb)
+        # in SYN_RECEIVED the one unacknowledged sequence number is our SYN
+        unacked = 0 if f.state == SYN_RECEIVED else _sub(f.snd_max, f.snd_una) - fin_out
+        send_bytes = read_send_bytes(f.fd, unacked, tcb)
         self._items.append(Ejected(f.flow, reason, err, tcb, send_bytes, f.host_eof, STATE_NAMES[f.state]))
 
     # ------------------------------------------------------------------ closing (contract: "Closing")

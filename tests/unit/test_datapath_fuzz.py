@@ -64,10 +64,14 @@ steps_st = st.lists(st.one_of(tcp_step, tcp_step, tcp_step, udp_step, host_step,
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(steps=steps_st, peek=st.booleans())
-def test_random_sequences_same_outputs(steps, peek):
+@given(steps=steps_st, peek=st.booleans(), handshake=st.booleans())
+def test_random_sequences_same_outputs(steps, peek, handshake):
     with Twin(peek_offset=peek) as twin:
-        twin.add_tcp(1)
+        if handshake:
+            # flow 1 installed in SYN_RECEIVED: its SYN-ACK (ISS 1000) out, the guest's ACK of it next
+            twin.add_tcp(1, tcb=base_tcb(snd_una=1000, srtt=-1.0, rttvar=0.0, rto=1.0), state="SYN_RECEIVED")
+        else:
+            twin.add_tcp(1)
         twin.add_tcp(2, v6=True, tcb=base_tcb(ts_ok=False, snd_wscale=0, rcv_wscale=0, snd_wnd=30000))
         twin.add_udp(7)
         guests = {1: GuestTcp(), 2: GuestTcp(guest=GUEST6, remote=GATEWAY6, ts=False)}
