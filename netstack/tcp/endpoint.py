@@ -77,7 +77,11 @@ from the guest (our last ACK was lost).
 Export/import: :meth:`export` snapshots an ESTABLISHED endpoint (TCB, the
 unacknowledged+unsent send bytes, the bytes still queued toward the host,
 a few flags) as an :class:`EndpointExport`; :meth:`import_` resumes from one.
-That is the hand-off to and from the C datapath.
+That is the hand-off to and from the C datapath.  A passive open may also be
+exported in SYN_RECEIVED right after its first SYN-ACK (the datapath then
+takes the guest's ACK of it): it comes back either finished (any importable
+state: the ESTABLISHED transition happens on import) or unfinished, still in
+SYN_RECEIVED with its retransmission timer as it was (``_import_handshake``).
 """
 
 from __future__ import annotations

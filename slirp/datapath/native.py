@@ -51,9 +51,9 @@ _TCP_FLOW = struct.Struct("=QiI16s16sHH6s6sIid18I3q4d")
 _TCP_FLOW_FIELDS = ("flow", "fd", "addr_len", "guest_addr", "remote_addr", "guest_port", "remote_port", "guest_mac",
                     "our_mac", "rcv_buf_max", "state", "now", "tcb")  # fmt: skip
 _TCP_FLOW_OFFSETS = (0, 8, 12, 16, 32, 48, 50, 52, 58, 64, 68, 72, 80)
-if _TCP_FLOW.size != ffi.sizeof("struct sn_tcp_flow") or ffi.sizeof("struct sn_tcb") != 128 or _TCP_FLOW_OFFSETS != tuple(
-    ffi.offsetof("struct sn_tcp_flow", f) for f in _TCP_FLOW_FIELDS
-):  # pragma: no cover - a header change without this one
+_offsets = tuple(ffi.offsetof("struct sn_tcp_flow", f) for f in _TCP_FLOW_FIELDS)
+if _TCP_FLOW.size != ffi.sizeof("struct sn_tcp_flow") or ffi.sizeof("struct sn_tcb") != 128 or _offsets != _TCP_FLOW_OFFSETS:
+    # pragma: no cover - a header change without this one
     raise ImportError("struct sn_tcp_flow changed: update _TCP_FLOW")
 _TCB_PACKED = _TCB_U32[:14]  # iss .. mss; then ts_ok, ts_recent, ts_offset, pad (sn_tcb's order)
 
