@@ -89,6 +89,9 @@
 #define PAWS_IDLE_S (24.0 * 86400.0)
 #define SKB_COST_EST 1024     /* bytes of send space one small write may cost beyond its payload */
 #define TIME_WAIT_S 2.0      /* netstack/tcp/config.py time_wait_s, and why */
+#define MIN_MSS 88           /* netstack/tcp/config.py: floor of the guest's MSS option */
+#define DEFAULT_MSS_V4 536   /* RFC 9293 §3.7.1: no MSS option */
+#define DEFAULT_MSS_V6 1220
 #define MAX_MAPS 16
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
 /* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
@@ -592,8 +595,8 @@ static void eject(struct sn_dp *dp, struct flow *f, int reason, int err, double 
         e->reason = reason;
         e->err = err;
         e->fd = f->fd;
-        /* in SYN_RECEIVED the one unacknowledged sequence number is our SYN */
-        e->send_len = f->state == SN_DP_SYN_RECEIVED
+        /* in a handshake the one unacknowledged sequence number is our SYN */
+        e->send_len = f->state == SN_DP_SYN_RECEIVED || f->state == SN_DP_SYN_SENT
                           ? 0
                           : f->t.snd_max - f->t.snd_una - (f->fin_sent && f->t.snd_max != f->t.snd_una);
         e->state = f->state;
@@ -853,6 +856,87 @@ static void handshake_done(struct sn_dp *dp, struct flow *f, uint32_t seq, uint3
     f->want_output = 1; /* host data that came meanwhile (edge-triggered: no new event) */
 }
 
+/* The payload room of a flow with MSS t.mss (and the timestamp block, if any). */
+static void derive_mss(struct flow *f)
+{
+    uint32_t opts = f->t.ts_ok ? 12 : 0, iphlen = f->v6 ? 40 : 20;
+    f->eff_mss = f->t.mss > opts + 1 ? f->t.mss - opts : 1;
+    f->max_payload = (uint32_t)max64(f->eff_mss, MAX_FRAME_LEN - ETH_LEN - iphlen - 20 - opts);
+}
+
+/* SYN_SENT: the guest's SYN-ACK of our SYN (netstack's _segment_syn_sent for
+ * its common case): exactly SYN|ACK acking snd_max, no payload, window
+ * scaling and timestamps both answered (we offered them), well-formed
+ * options.  Anything else is netstack's (Ejected(segment) + Frame). */
+static void syn_sent_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, size_t l4,
+                             uint32_t l4len, uint32_t doff, double now)
+{
+    struct sn_tcb *t = &f->t;
+    const uint8_t *th = b + l4;
+    uint32_t mss_opt = 0, tsval = 0, tsecr = 0;
+    int ws = -1, ts = 0, mss_seen = 0;
+    if (th[13] != (TH_SYN | TH_ACK) || rd32(th + 8) != t->snd_max || l4len != doff) {
+        eject_segment(dp, f, b, n, now);
+        return;
+    }
+    for (uint32_t i = 20; i < doff;) {
+        uint8_t kind = th[i];
+        if (kind == 0)
+            break; /* end of option list */
+        if (kind == 1) {
+            i++;
+            continue;
+        }
+        uint32_t len = i + 1 < doff ? th[i + 1] : 0;
+        if (len < 2 || i + len > doff || (kind == 2 && len != 4) || (kind == 3 && len != 3) ||
+            (kind == 8 && len != 10)) {
+            eject_segment(dp, f, b, n, now);
+            return;
+        }
+        if (kind == 2) {
+            mss_opt = rd16(th + i + 2);
+            mss_seen = 1;
+        } else if (kind == 3) {
+            ws = th[i + 2];
+        } else if (kind == 8) {
+            ts = 1;
+            tsval = rd32(th + i + 2);
+            tsecr = rd32(th + i + 6);
+        }
+        i += len;
+    }
+    if (ws < 0 || ws > 14 || !ts) {
+        eject_segment(dp, f, b, n, now);
+        return;
+    }
+    uint32_t seq = rd32(th + 4), ack = rd32(th + 8);
+    uint32_t dflt = f->v6 ? DEFAULT_MSS_V6 : DEFAULT_MSS_V4, want = mss_seen ? mss_opt : dflt;
+    t->irs = seq;
+    t->rcv_nxt = t->rcv_adv = seq + 1;
+    t->ts_recent = tsval;
+    t->ts_recent_at = now;
+    t->snd_wscale = (uint32_t)ws;
+    t->mss = want < f->our_mss ? want : f->our_mss;
+    if (t->mss < MIN_MSS)
+        t->mss = MIN_MSS;
+    derive_mss(f);
+    t->snd_wnd = t->max_snd_wnd = rd16(th + 14); /* never scaled in a SYN (RFC 7323 §2.2) */
+    t->snd_wl1 = seq;
+    t->snd_wl2 = ack;
+    if (tsecr) {
+        uint32_t ms = ts_now(f, now) - tsecr;
+        if (ms < HALF)
+            rtt_sample(f, (double)ms / 1000.0);
+    }
+    t->snd_una = ack;
+    timer_set(dp, f, T_NONE, 0.0);
+    f->retries = 0;
+    f->state = SN_DP_ESTABLISHED;
+    f->want_output = 1; /* host data that came meanwhile */
+    f->ack_pending = 1; /* our ACK: with the batch, or on the first data frame */
+    touch(dp, f);
+}
+
 static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, size_t l4, uint32_t l4len,
                         uint32_t doff, double now)
 {
@@ -863,6 +947,10 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
     uint32_t plen = l4len - doff;
     if (f->state == SN_DP_TIME_WAIT) {
         time_wait_segment(dp, f, b, n, flags, plen, now);
+        return;
+    }
+    if (f->state == SN_DP_SYN_SENT) {
+        syn_sent_segment(dp, f, b, n, l4, l4len, doff, now);
         return;
     }
     if (flags & TH_RST) {
@@ -1110,8 +1198,8 @@ static void flush(struct sn_dp *dp, struct flow *f, double now)
             send_ack(dp, f, now);
         return;
     }
-    if (f->state == SN_DP_SYN_RECEIVED)
-        return; /* nothing but our SYN-ACK may be out yet; want_output waits */
+    if (f->state == SN_DP_SYN_RECEIVED || f->state == SN_DP_SYN_SENT)
+        return; /* nothing but our SYN(-ACK) may be out yet; want_output waits */
     if (f->t.host_space < f->rcv_wnd_max)
         f->space_stale = 1;
     if (f->want_output) {
@@ -1609,9 +1697,11 @@ static void wake_for(struct sn_dp *dp, double at)
 static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
 {
     const struct sn_tcb *t = &s->tcb;
-    if (s->state == SN_DP_SYN_RECEIVED) {
+    if (s->state == SN_DP_SYN_RECEIVED || s->state == SN_DP_SYN_SENT) {
         if (t->snd_una + 1 != t->snd_nxt || t->snd_nxt != t->snd_max)
             return -EINVAL; /* only our SYN is outstanding */
+        if (s->state == SN_DP_SYN_SENT && !t->ts_ok)
+            return -EINVAL; /* the SYN offered timestamps (see syn_sent_segment) */
     } else if (s->state != SN_DP_ESTABLISHED || t->snd_una != t->snd_nxt || t->snd_nxt != t->snd_max) {
         return -EINVAL;
     }
@@ -1638,8 +1728,7 @@ static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
     uint32_t iphlen = f->v6 ? 40 : 20, opts = f->t.ts_ok ? 12 : 0;
     f->rcv_wnd_max = min64(s->rcv_buf_max, (int64_t)0xffff << f->t.rcv_wscale);
     f->our_mss = (uint32_t)dp->mtu - iphlen - 20;
-    f->eff_mss = f->t.mss > opts + 1 ? f->t.mss - opts : 1;
-    f->max_payload = (uint32_t)max64(f->eff_mss, MAX_FRAME_LEN - ETH_LEN - iphlen - 20 - opts);
+    derive_mss(f);
     f->l4off = L3 + iphlen;
     f->tcp_hlen = 20 + opts;
     uint32_t ps = sn_csum_partial(s->remote_addr, s->addr_len, 0);
@@ -1670,9 +1759,9 @@ static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
         int off = -1;
         setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off);
     }
-    if (rc == 0 && s->state == SN_DP_SYN_RECEIVED) {
-        f->state = SN_DP_SYN_RECEIVED;
-        timer_set(dp, f, T_RTX, s->now + t->rto); /* netstack's SYN-ACK retransmission timer */
+    if (rc == 0 && (s->state == SN_DP_SYN_RECEIVED || s->state == SN_DP_SYN_SENT)) {
+        f->state = (uint8_t)s->state;
+        timer_set(dp, f, T_RTX, s->now + t->rto); /* netstack's SYN(-ACK) retransmission timer */
         wake_for(dp, f->timer_at);
     }
     return rc;
@@ -1879,8 +1968,8 @@ static void run_timers(struct sn_dp *dp, double now)
         if (t->snd_max == t->snd_una)
             continue;
         dp->stats[SN_DP_S_RTO_EXPIRIES]++;
-        if (f->state == SN_DP_SYN_RECEIVED) {
-            /* our SYN-ACK went unacknowledged: netstack retransmits it */
+        if (f->state == SN_DP_SYN_RECEIVED || f->state == SN_DP_SYN_SENT) {
+            /* our SYN(-ACK) went unanswered: netstack retransmits it */
             eject(dp, f, SN_DP_R_TIMEOUT, 0, now);
             continue;
         }

@@ -79,9 +79,11 @@ unacknowledged+unsent send bytes, the bytes still queued toward the host,
 a few flags) as an :class:`EndpointExport`; :meth:`import_` resumes from one.
 That is the hand-off to and from the C datapath.  A passive open may also be
 exported in SYN_RECEIVED right after its first SYN-ACK (the datapath then
-takes the guest's ACK of it): it comes back either finished (any importable
-state: the ESTABLISHED transition happens on import) or unfinished, still in
-SYN_RECEIVED with its retransmission timer as it was (``_import_handshake``).
+takes the guest's ACK of it), and an active open in SYN_SENT right after its
+first SYN (the datapath takes the guest's SYN-ACK): either comes back
+finished (any importable state: the ESTABLISHED transition happens on
+import) or unfinished, in the same state with its own TCB and retransmission
+timer as they were (``_import_handshake``).
 """
 
 from __future__ import annotations
@@ -1233,6 +1235,10 @@ class TcpEndpoint:
             # the guest's ACK of it (after a retransmission the handshake
             # stays here, with the retry count that ends it)
             return not self.parked and self._retries == 0 and self._syn is not None
+        if self.state is State.SYN_SENT:
+            # an active open whose first SYN is out, offering window scaling
+            # and timestamps: a datapath may take the guest's SYN-ACK
+            return not self.parked and self._retries == 0 and self._offer_ts and self._offer_ws
         return (
             self.state is State.ESTABLISHED
             and not self.parked
@@ -1264,6 +1270,13 @@ class TcpEndpoint:
         if self.state is State.SYN_RECEIVED:
             tcb["cwnd"] = self.cfg.initial_cwnd_segments * self._eff_mss
             tcb["ssthresh"] = CWND_MAX
+        elif self.state is State.SYN_SENT:
+            # what our SYN offered (the SYN-ACK decides: see the datapath
+            # contract's "Handshake"), and ESTABLISHED's start for our MSS
+            tcb["ts_ok"] = True
+            tcb["rcv_wscale"] = self.cfg.rcv_wscale
+            tcb["cwnd"] = self.cfg.initial_cwnd_segments * (self._our_mss - TS_OPTION_LEN)
+            tcb["ssthresh"] = CWND_MAX
         return EndpointExport(
             tcb=tcb,
             state=self.state,
@@ -1278,13 +1291,15 @@ class TcpEndpoint:
         """Resume a handshake the other owner gave back unfinished (the
         segment it does not take comes next, or our SYN-ACK's time ran out):
         nothing moved but the TCB it had; the retransmission timer armed when
-        the SYN-ACK went out is ours again (due already after a time-out)."""
-        if self.state is not State.SYN_RECEIVED or not self.parked:
+        the SYN(-ACK) went out is ours again (due already after a time-out);
+        our own TCB is kept (the export's may carry what our SYN offered)."""
+        if self.state is not exp.state or not self.parked:
             raise ValueError("cannot import a handshake into a connection that did not export one")
         t = Tcb.from_dict(exp.tcb)
         if sub(t.snd_max, t.snd_una) != 1 or t.snd_nxt != t.snd_max or exp.send_bytes or exp.to_host:
             raise ValueError("a handshake has only our SYN outstanding")
-        self.tcb = t
+        if (t.iss, t.snd_una, t.rcv_nxt) != (self.tcb.iss, self.tcb.snd_una, self.tcb.rcv_nxt):
+            raise ValueError("not the handshake we exported")
         self.parked = False
 
     def import_(self, now: float, exp: EndpointExport) -> None:
@@ -1293,12 +1308,14 @@ class TcpEndpoint:
         taken — rcv_nxt covers it and the host socket is shut down — and/or
         our FIN sent, as the last sequence number, after the host's EOF).
         Raises ValueError if the export is inconsistent."""
-        if exp.state is State.SYN_RECEIVED:
+        if exp.state is State.SYN_RECEIVED or exp.state is State.SYN_SENT:
             self._import_handshake(exp)
             return
-        if exp.state not in _IMPORTABLE or self.state not in (State.CLOSED, State.SYN_RECEIVED, State.ESTABLISHED):
+        if exp.state not in _IMPORTABLE or self.state not in (
+            State.CLOSED, State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED
+        ):  # fmt: skip
             raise ValueError(f"cannot import a connection in {exp.state.name}")
-        if self.state is State.SYN_RECEIVED and not self.parked:
+        if self.state in (State.SYN_SENT, State.SYN_RECEIVED) and not self.parked:
             raise ValueError("a handshake in progress here was not exported")
         t = Tcb.from_dict(exp.tcb)
         fin_sent = exp.state in _FIN_SENT
@@ -1314,7 +1331,7 @@ class TcpEndpoint:
             raise ValueError("to_host exceeds the receive buffer")
         if self.state is State.CLOSED:
             self.set_state(State.ESTABLISHED)
-        elif self.state is State.SYN_RECEIVED:
+        elif self.state is State.SYN_RECEIVED or self.state is State.SYN_SENT:
             # the other owner finished the handshake (its TCB carries the
             # congestion state ESTABLISHED starts with: see export)
             self._syn = None

@@ -42,8 +42,11 @@ _TCB_U32 = (
 )  # fmt: skip
 _TCB_OTHER = ("cwnd", "ssthresh", "host_space", "ts_recent_at", "srtt", "rttvar", "rto")
 
-_STATES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT", "SYN_RECEIVED")
-_INSTALL_STATES = {"ESTABLISHED": 0, "SYN_RECEIVED": 7}  # enum sn_dp_state
+_STATES = (
+    "ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT", "SYN_RECEIVED",
+    "SYN_SENT",
+)  # fmt: skip (enum sn_dp_state)
+_INSTALL_STATES = {"ESTABLISHED": 0, "SYN_RECEIVED": 7, "SYN_SENT": 8}
 
 # struct sn_tcp_flow in one pack (install_tcp runs once per connection: 24
 # cdata field stores cost more than the C call); checked against cffi's layout.

@@ -1116,3 +1116,127 @@ def test_handshake_ipv6_and_without_timestamps(twin):
     assert a["ack"] == 5003 and "ts" not in a
     e = twin.eject(1)
     assert e.tcb["rto"] == 1.0 and e.tcb["srtt"] == -1.0, "without timestamps the datapath keeps the RTO"
+
+
+# ---------------------------------------------------------------------- active opens (SYN_SENT installs)
+
+
+def syn_sent_tcb(**kw) -> dict:
+    """A port forward's SYN (ISS 1000) is out, offering MSS, WS 5 and TS: the
+    guest's side is unknown yet (irs, rcv_nxt, its window and scale, its MSS)."""
+    base = dict(snd_una=1000, snd_nxt=1001, snd_max=1001, irs=0, rcv_nxt=0, rcv_adv=0, snd_wnd=0, max_snd_wnd=0,
+                snd_wl1=0, snd_wl2=0, snd_wscale=0, rcv_wscale=5, mss=536, ts_ok=True, ts_recent=0,
+                srtt=-1.0, rttvar=0.0, rto=1.0)  # fmt: skip
+    base.update(kw)
+    return base_tcb(**base)
+
+
+def in_syn_sent(twin, flow=1, v6=False, **kw):
+    twin.add_tcp(flow, v6=v6, tcb=syn_sent_tcb(**kw), state="SYN_SENT")
+    g = GuestTcp(guest=GUEST6 if v6 else GUEST, remote=GATEWAY6 if v6 else GATEWAY, seq=9000, ack=1001)
+    g.tsval, g.tsecr = 5000, int(twin.now * 1000) + 100000
+    return g
+
+
+def syn_ack(g, **opts):
+    kw = dict(mss=1460, wscale=7)
+    kw.update(opts)
+    return g.frame(SYN | ACK, seq=9000, advance=False, **{k: v for k, v in kw.items() if v is not None})
+
+
+def test_the_guests_syn_ack_completes_an_active_open_here(twin):
+    g = in_syn_sent(twin)
+    assert twin.deadline() == pytest.approx(twin.now + 1.0), "netstack's SYN retransmission timer"
+    twin.now += 0.02
+    items, frames = twin.guest(syn_ack(g))
+    assert items == []
+    (a,) = acks(frames)
+    assert (a["flags"], a["seq"], a["ack"]) == (ACK, 1001, 9001)
+    assert a["ts"] == (int(twin.now * 1000) + 100000, 5000), "TS.Recent is the SYN-ACK's TSval"
+    assert_valid(frames[0])
+    assert twin.deadline() is None
+    # the first guest data goes through the fast path with the negotiated numbers
+    g.seq = 9001
+    items, frames = twin.guest(g.frame(ACK | PSH, b"hi"))
+    assert items == [] and twin.settle(1) == b"hi"
+    e = twin.eject(1)
+    t = e.tcb
+    assert e.state == "ESTABLISHED"
+    assert (t["irs"], t["rcv_nxt"], t["snd_una"], t["snd_wscale"], t["rcv_wscale"]) == (9000, 9003, 1001, 7, 5)
+    assert t["mss"] == 1460 and t["snd_wnd"] == 65535 << 7 and t["ts_recent"] == 5000
+    assert t["srtt"] == pytest.approx(0.02), "RTT from the echoed TSval"
+
+
+def test_host_data_waiting_rides_with_the_handshakes_ack(twin):
+    g = in_syn_sent(twin)
+    items, frames = twin.host_send(1, b"client spoke first")
+    assert items == [] and frames == [], "nothing but our SYN may be out before the SYN-ACK"
+    items, frames = twin.guest(syn_ack(g))
+    assert items == []
+    (d,) = data(frames)
+    assert (d["flags"], d["seq"], d["ack"], d["payload"]) == (ACK | PSH, 1001, 9001, b"client spoke first")
+    assert_valid(frames[0])
+
+
+@pytest.mark.parametrize("mss,v6,want", [(None, False, 536), (None, True, 1220), (50, False, 88), (9000, False, 1460),
+                                         (1000, True, 1000)])  # fmt: skip
+def test_the_mss_is_negotiated_as_netstack_does(twin, mss, v6, want):
+    g = in_syn_sent(twin, v6=v6)
+    items, _ = twin.guest(syn_ack(g, mss=mss))
+    assert items == []
+    assert twin.eject(1).tcb["mss"] == min(want, 1440 if v6 else 1460)
+
+
+@pytest.mark.parametrize(
+    "what", ["no_ts", "no_ws", "big_ws", "wrong_ack", "rst", "simultaneous", "payload", "psh", "bad_mss_len", "cut"]
+)
+def test_any_other_answer_to_our_syn_goes_back_to_netstack(twin, what):
+    g = in_syn_sent(twin)
+    if what == "no_ts":
+        frame = g.frame(SYN | ACK, seq=9000, advance=False, timestamp=None, mss=1460, wscale=7)
+    elif what == "no_ws":
+        frame = syn_ack(g, wscale=None)
+    elif what == "big_ws":
+        frame = syn_ack(g, wscale=15)
+    elif what == "wrong_ack":
+        frame = g.frame(SYN | ACK, seq=9000, ack=1002, advance=False, mss=1460, wscale=7)
+    elif what == "rst":
+        frame = g.frame(RST | ACK, seq=0, advance=False)
+    elif what == "simultaneous":
+        frame = g.frame(SYN, seq=9000, ack=0, advance=False, mss=1460, wscale=7)
+    elif what == "payload":
+        frame = g.frame(SYN | ACK, b"data on a SYN", seq=9000, advance=False, mss=1460, wscale=7)
+    elif what == "psh":
+        frame = g.frame(SYN | ACK | PSH, seq=9000, advance=False, mss=1460, wscale=7)
+    else:
+        buf = bytearray(syn_ack(g))
+        opts = 10 + 14 + 20 + 20  # vnet, Ethernet, IPv4, TCP header: the MSS option comes first
+        assert buf[opts] == 2 and buf[opts + 1] == 4
+        if what == "bad_mss_len":
+            buf[opts + 1] = 3
+        else:  # an option running past the header
+            buf[opts + 1] = 40
+        frame = bytes(buf)
+    items, frames = twin.guest(frame)
+    assert frames == []
+    assert [type(i) for i in items] == [Ejected, Frame] and items[1] == Frame(frame)
+    e = items[0]
+    assert (e.reason, e.state, e.send_bytes) == ("segment", "SYN_SENT", b"")
+    assert (e.tcb["irs"], e.tcb["rcv_nxt"], e.tcb["snd_una"]) == (0, 0, 1000), "nothing moved"
+
+
+def test_an_unanswered_syn_goes_back_to_netstack_to_be_resent(twin):
+    in_syn_sent(twin)
+    items, frames = twin.timers(twin.deadline())
+    assert frames == []
+    (e,) = items
+    assert (e.reason, e.state, e.send_bytes) == ("timeout", "SYN_SENT", b"")
+    assert not twin.py.dp.owns(1)
+
+
+def test_syn_sent_install_checks(twin):
+    for s in twin.sides:
+        with pytest.raises(ValueError):
+            s.add_tcp(1, tcb=syn_sent_tcb(ts_ok=False), state="SYN_SENT")  # timestamps must have been offered
+        with pytest.raises(ValueError):
+            s.add_tcp(2, gport=41000, tcb=syn_sent_tcb(snd_una=1001), state="SYN_SENT")

@@ -187,3 +187,60 @@ def test_a_connection_from_handshake_to_close_in_the_datapath_is_forgotten(rig):
     rig.offload.deliver(items, rig.now)
     assert endpoint(rig, flow) is None, "netstack forgot the flow"
     assert [a.flow for a in rig.edge.closed] == [flow]
+
+
+# ---------------------------------------------------------------- port forwards (SYN_SENT)
+
+
+def open_to_guest(rig, sport=55555):
+    """A host client accepted on a forward: netstack's SYN toward the guest is made, not yet written."""
+    rig.stack.learned(ipaddress.ip_address(GUEST).packed, bytes.fromhex(GUEST_MAC.replace(":", "")))
+    flow = rig.stack.tcp_open_to_guest(ipaddress.ip_address(GUEST).packed, 8080, bytes([10, 0, 2, 2]), sport,
+                                       1 << 20, rig.now)  # fmt: skip
+    assert flow is not None
+    rig.edge.tcp[flow] = SimpleNamespace(fd=rig.conn.edge.fileno(), connecting=False)
+    return flow
+
+
+def written_syn(rig):
+    (frame,) = rig.stack.take_frames()
+    pkt = Ether(bytes(frame)[10:])
+    assert pkt[TCP].flags == "S"
+    return pkt
+
+
+def test_a_port_forward_open_is_installed_before_its_syn_and_finished_below(rig):
+    flow = open_to_guest(rig)
+    rig.offload.install_handshakes(rig.now)
+    assert rig.side.dp.owns(flow) and endpoint(rig, flow).state is State.SYN_SENT
+    syn = written_syn(rig)
+    opts = dict(syn[TCP].options)
+    assert "Timestamp" in opts and "WScale" in opts, "what the datapath relies on was offered"
+    rig.conn.peer.sendall(b"client hello")
+    g = GuestTcp(guest=ipaddress.ip_address(GUEST).packed, gport=8080, remote=bytes([10, 0, 2, 2]), rport=55555,
+                 seq=30000, ack=(syn[TCP].seq + 1) & 0xFFFFFFFF)  # fmt: skip
+    g.tsval, g.tsecr = 777, opts["Timestamp"][0]
+    mac = rig.stack.our_mac_for(bytes([10, 0, 2, 2]))
+    rig.side.to_tap(g.frame(SYN | ACK, seq=30000, advance=False, mss=1460, wscale=7, dst_mac=mac))
+    assert rig.side.dp.tap_readable(rig.now + 0.001) == [], "the SYN-ACK does not come up"
+    (d,) = [parse_out(f) for f in rig.side.from_tap()]
+    assert d["payload"] == b"client hello" and d["ack"] == 30001
+    e = rig.side.dp.eject_tcp(flow, rig.now + 0.01)
+    rig.offload.deliver([e], rig.now + 0.01)
+    ep = endpoint(rig, flow)
+    assert ep.state is State.ESTABLISHED and ep.tcb.irs == 30000 and ep.tcb.snd_wscale == 7
+    assert ep.tcb.rcv_wscale == rig.stack.tcp.config.rcv_wscale and ep.tcb.ts_ok
+
+
+def test_an_unanswered_port_forward_syn_is_resent_by_netstack(rig):
+    flow = open_to_guest(rig)
+    rig.offload.install_handshakes(rig.now)
+    syn = written_syn(rig)
+    deadline = rig.side.dp.next_deadline()
+    items = rig.side.dp.timers(deadline)
+    assert [(i.reason, i.state) for i in items] == [("timeout", "SYN_SENT")]
+    rig.offload.deliver(items, deadline)
+    assert flow not in rig.stack.tcp.offload_ready and rig.edge.closed == []
+    rig.stack.poll(deadline)
+    again = written_syn(rig)
+    assert again[TCP].seq == syn[TCP].seq and endpoint(rig, flow).state is State.SYN_SENT

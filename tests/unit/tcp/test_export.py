@@ -365,7 +365,37 @@ def test_handshake_imports_are_checked():
         c.ep.import_(h.now, dataclasses.replace(exp, state=State.ESTABLISHED))
 
 
-def test_an_active_open_is_not_exported_before_it_is_established():
+def test_a_first_syn_can_be_parked_with_what_it_offered_and_comes_back_unfinished():
     h = Harness()
     c = open_syn_sent(h)
+    own = c.ep.tcb.to_dict()
+    assert c.flow in h.layer.offload_ready
+    deadline = h.layer.next_deadline()
+    exp = h.layer.park(c.flow)
+    assert exp.state is State.SYN_SENT and exp.send_bytes == b""
+    assert exp.tcb["ts_ok"] is True and exp.tcb["rcv_wscale"] == h.config.rcv_wscale, "what the SYN offered"
+    h.layer.resume(h.now, c.flow, exp)
+    assert c.ep.state is State.SYN_SENT and c.ep.tcb.to_dict() == own, "our own TCB, not the export's"
+    assert h.layer.next_deadline() == deadline
+    h.run_until(deadline)
+    again = c.expect(SYN)
+    assert again.header.seq == own["iss"] and not c.ep.can_export()
+
+
+def test_an_active_open_without_timestamps_is_not_exported_early():
+    h = Harness(timestamps=False)
+    c = open_syn_sent(h)
     assert not c.ep.can_export() and h.layer.park(c.flow) is None
+
+
+def test_an_active_open_finished_elsewhere_is_imported_established():
+    h = Harness()
+    c = open_syn_sent(h)
+    exp = h.layer.park(c.flow)
+    una = (exp.tcb["iss"] + 1) & M
+    tcb = dict(exp.tcb, snd_una=una, irs=9000, rcv_nxt=9001, rcv_adv=9001, snd_wscale=7, mss=1400,
+               snd_wnd=65535, max_snd_wnd=65535, ts_recent=55)  # fmt: skip
+    h.layer.resume(h.now, c.flow, dataclasses.replace(exp, tcb=tcb, state=State.ESTABLISHED))
+    assert c.ep.state is State.ESTABLISHED and c.ep.tcb.mss == 1400 and c.ep.tcb.rcv_nxt == 9001
+    reads = [a for a in h.actions() if isinstance(a, ReadTcp)]
+    assert len(reads) == 1 and reads[0].credit > 0, "the edge reads the host socket from now on"
