@@ -93,6 +93,14 @@
 #define DEFAULT_MSS_V4 536   /* RFC 9293 §3.7.1: no MSS option */
 #define DEFAULT_MSS_V6 1220
 #define MAX_MAPS 16
+/* While handshakes are being installed (the last one less than CHURN_S ago)
+ * the thread sleeps at most NAP_S: a handshake's timer (its RTO, 1 s before
+ * any RTT sample, from the event loop's clock, which may lag the thread's by
+ * a loop iteration) then does not fall before the thread's wake-up, and
+ * installs need no kick (wake_for) — a kick per connection cost a thread
+ * wake-up each. */
+#define NAP_S 0.5
+#define CHURN_S 5.0
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
 /* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
 #define FRAME_RECS_MAX (2 * sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + TAP_BUF_LEN + 16)
@@ -192,6 +200,7 @@ struct sn_dp {
     pthread_t thread;
     int threaded, stop, stalled, notified, tap_gone;
     double sleep_until;         /* the deadline the thread sleeps to (-1: none, -2: awake) */
+    double handshake_at;        /* when the last handshake was installed */
     int notify_efd, wake_efd;   /* thread -> Python: items queued; Python -> thread: drained / stop */
     uint8_t *queue;             /* slow items waiting for sn_dp_take (records) */
     size_t qlen;
@@ -1762,6 +1771,7 @@ static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
     if (rc == 0 && (s->state == SN_DP_SYN_RECEIVED || s->state == SN_DP_SYN_SENT)) {
         f->state = (uint8_t)s->state;
         timer_set(dp, f, T_RTX, s->now + t->rto); /* netstack's SYN(-ACK) retransmission timer */
+        dp->handshake_at = s->now;
         wake_for(dp, f->timer_at);
     }
     return rc;
@@ -2224,10 +2234,12 @@ static void *dp_main(void *arg)
             dp->stats[SN_DP_S_QUEUE_STALLS]++;
         }
         int stalled = dp->stalled, timeout = -1;
-        double dl = next_deadline(dp);
-        if (dl >= 0)
-            timeout = dl <= now ? 0 : (int)ceil((dl - now) * 1000.0);
-        dp->sleep_until = stalled ? -2.0 : dl;
+        double dl = next_deadline(dp), wake = dl;
+        if (now - dp->handshake_at < CHURN_S && (wake < 0 || wake > now + NAP_S))
+            wake = now + NAP_S;
+        if (wake >= 0)
+            timeout = wake <= now ? 0 : (int)ceil((wake - now) * 1000.0);
+        dp->sleep_until = stalled ? -2.0 : wake;
         unlock(dp);
         int n;
         if (stalled) {
