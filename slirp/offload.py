@@ -125,12 +125,12 @@ class Offload:
             self._install_tcp(flow_id, now)
 
     def install_handshakes(self, now: float) -> None:
-        """Install the handshakes netstack just sent their first SYN-ACK
+        """Install the handshakes netstack just made its first SYN-ACK
         (SYN_RECEIVED) or SYN (SYN_SENT) for — called before the stack's
-        frames are written, so
-        the datapath has the flow before the guest can answer.  The others
-        wait for :meth:`install_ready` after the flush (an ESTABLISHED flow's
-        last frames must reach the guest before the datapath's)."""
+        frames are written, so the datapath has the flow before the guest
+        can answer.  The others wait for :meth:`install_ready` after the
+        flush (an ESTABLISHED flow's last frames must reach the guest before
+        the datapath's)."""
         tcp = self.stack.tcp
         ready = tcp.offload_ready
         if not ready:
