@@ -90,7 +90,18 @@
 #define PAWS_IDLE_S (24.0 * 86400.0)
 #define SKB_COST_EST 1024     /* bytes of send space one small write may cost beyond its payload */
 #define TIME_WAIT_S 2.0      /* netstack/tcp/config.py time_wait_s, and why */
+#define MIN_MSS 88           /* netstack/tcp/config.py: floor of the guest's MSS option */
+#define DEFAULT_MSS_V4 536   /* RFC 9293 §3.7.1: no MSS option */
+#define DEFAULT_MSS_V6 1220
 #define MAX_MAPS 16
+/* While handshakes are being installed (the last one less than CHURN_S ago)
+ * the thread sleeps at most NAP_S: a handshake's timer (its RTO, 1 s before
+ * any RTT sample, from the event loop's clock, which may lag the thread's by
+ * a loop iteration) then does not fall before the thread's wake-up, and
+ * installs need no kick (wake_for) — a kick per connection cost a thread
+ * wake-up each. */
+#define NAP_S 0.5
+#define CHURN_S 5.0
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
 /* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
 #define FRAME_RECS_MAX (2 * sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + TAP_BUF_LEN + 16)
@@ -191,7 +202,8 @@ struct sn_dp {
     pthread_mutex_t mu;
     pthread_t thread;
     int threaded, stop, stalled, notified, tap_gone;
-    double planned;             /* the deadline the thread sleeps toward (-1: none) */
+    double sleep_until;         /* the deadline the thread sleeps to (-1: none, -2: awake) */
+    double handshake_at;        /* when the last handshake was installed */
     int notify_efd, wake_efd;   /* thread -> Python: items queued; Python -> thread: drained / stop */
     uint8_t *queue;             /* slow items waiting for sn_dp_take (records) */
     size_t qlen;
@@ -596,7 +608,10 @@ static void eject(struct sn_dp *dp, struct flow *f, int reason, int err, double 
         e->reason = reason;
         e->err = err;
         e->fd = f->fd;
-        e->send_len = f->t.snd_max - f->t.snd_una - (f->fin_sent && f->t.snd_max != f->t.snd_una);
+        /* in a handshake the one unacknowledged sequence number is our SYN */
+        e->send_len = f->state == SN_DP_SYN_RECEIVED || f->state == SN_DP_SYN_SENT
+                          ? 0
+                          : f->t.snd_max - f->t.snd_una - (f->fin_sent && f->t.snd_max != f->t.snd_una);
         e->state = f->state;
         e->host_eof = f->host_eof;
     }
@@ -833,6 +848,109 @@ static void time_wait_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b
     }
 }
 
+/* SYN_RECEIVED -> ESTABLISHED on the guest's ACK of our SYN-ACK (netstack's
+ * SYN_RECEIVED rule): RTT from TSecr, the guest's window, no timer.  The
+ * segment then goes on as any ESTABLISHED one (its payload, if any). */
+static void handshake_done(struct sn_dp *dp, struct flow *f, uint32_t seq, uint32_t ack, uint32_t wnd,
+                           uint32_t tsecr, double now)
+{
+    struct sn_tcb *t = &f->t;
+    if (t->ts_ok && tsecr) {
+        uint32_t ms = ts_now(f, now) - tsecr;
+        if (ms < HALF)
+            rtt_sample(f, (double)ms / 1000.0);
+    }
+    t->snd_una = ack;
+    t->snd_wnd = t->max_snd_wnd = wnd;
+    t->snd_wl1 = seq;
+    t->snd_wl2 = ack;
+    timer_set(dp, f, T_NONE, 0.0);
+    f->retries = 0;
+    f->state = SN_DP_ESTABLISHED;
+    f->want_output = 1; /* host data that came meanwhile (edge-triggered: no new event) */
+}
+
+/* The payload room of a flow with MSS t.mss (and the timestamp block, if any). */
+static void derive_mss(struct flow *f)
+{
+    uint32_t opts = f->t.ts_ok ? 12 : 0, iphlen = f->v6 ? 40 : 20;
+    f->eff_mss = f->t.mss > opts + 1 ? f->t.mss - opts : 1;
+    f->max_payload = (uint32_t)max64(f->eff_mss, MAX_FRAME_LEN - ETH_LEN - iphlen - 20 - opts);
+}
+
+/* SYN_SENT: the guest's SYN-ACK of our SYN (netstack's _segment_syn_sent for
+ * its common case): exactly SYN|ACK acking snd_max, no payload, window
+ * scaling and timestamps both answered (we offered them), well-formed
+ * options.  Anything else is netstack's (Ejected(segment) + Frame). */
+static void syn_sent_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, size_t l4,
+                             uint32_t l4len, uint32_t doff, double now)
+{
+    struct sn_tcb *t = &f->t;
+    const uint8_t *th = b + l4;
+    uint32_t mss_opt = 0, tsval = 0, tsecr = 0;
+    int ws = -1, ts = 0, mss_seen = 0;
+    if (th[13] != (TH_SYN | TH_ACK) || rd32(th + 8) != t->snd_max || l4len != doff) {
+        eject_segment(dp, f, b, n, now);
+        return;
+    }
+    for (uint32_t i = 20; i < doff;) {
+        uint8_t kind = th[i];
+        if (kind == 0)
+            break; /* end of option list */
+        if (kind == 1) {
+            i++;
+            continue;
+        }
+        uint32_t len = i + 1 < doff ? th[i + 1] : 0;
+        if (len < 2 || i + len > doff || (kind == 2 && len != 4) || (kind == 3 && len != 3) ||
+            (kind == 8 && len != 10)) {
+            eject_segment(dp, f, b, n, now);
+            return;
+        }
+        if (kind == 2) {
+            mss_opt = rd16(th + i + 2);
+            mss_seen = 1;
+        } else if (kind == 3) {
+            ws = th[i + 2];
+        } else if (kind == 8) {
+            ts = 1;
+            tsval = rd32(th + i + 2);
+            tsecr = rd32(th + i + 6);
+        }
+        i += len;
+    }
+    if (ws < 0 || ws > 14 || !ts) {
+        eject_segment(dp, f, b, n, now);
+        return;
+    }
+    uint32_t seq = rd32(th + 4), ack = rd32(th + 8);
+    uint32_t dflt = f->v6 ? DEFAULT_MSS_V6 : DEFAULT_MSS_V4, want = mss_seen ? mss_opt : dflt;
+    t->irs = seq;
+    t->rcv_nxt = t->rcv_adv = seq + 1;
+    t->ts_recent = tsval;
+    t->ts_recent_at = now;
+    t->snd_wscale = (uint32_t)ws;
+    t->mss = want < f->our_mss ? want : f->our_mss;
+    if (t->mss < MIN_MSS)
+        t->mss = MIN_MSS;
+    derive_mss(f);
+    t->snd_wnd = t->max_snd_wnd = rd16(th + 14); /* never scaled in a SYN (RFC 7323 §2.2) */
+    t->snd_wl1 = seq;
+    t->snd_wl2 = ack;
+    if (tsecr) {
+        uint32_t ms = ts_now(f, now) - tsecr;
+        if (ms < HALF)
+            rtt_sample(f, (double)ms / 1000.0);
+    }
+    t->snd_una = ack;
+    timer_set(dp, f, T_NONE, 0.0);
+    f->retries = 0;
+    f->state = SN_DP_ESTABLISHED;
+    f->want_output = 1; /* host data that came meanwhile */
+    f->ack_pending = 1; /* our ACK: with the batch, or on the first data frame */
+    touch(dp, f);
+}
+
 static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size_t n, size_t l4, uint32_t l4len,
                         uint32_t doff, double now)
 {
@@ -843,6 +961,10 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
     uint32_t plen = l4len - doff;
     if (f->state == SN_DP_TIME_WAIT) {
         time_wait_segment(dp, f, b, n, flags, plen, now);
+        return;
+    }
+    if (f->state == SN_DP_SYN_SENT) {
+        syn_sent_segment(dp, f, b, n, l4, l4len, doff, now);
         return;
     }
     if (flags & TH_RST) {
@@ -874,6 +996,16 @@ static void tcp_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b, size
     touch(dp, f);
     uint32_t seq = rd32(th + 4), ack = rd32(th + 8);
     uint32_t wnd = (uint32_t)rd16(th + 14) << t->snd_wscale;
+    if (f->state == SN_DP_SYN_RECEIVED) {
+        /* 0. the guest's ACK of our SYN-ACK, exactly: at rcv_nxt, acking
+         * snd_max, no FIN, passing PAWS; anything else is netstack's */
+        if ((flags & TH_FIN) || seq != t->rcv_nxt || ack != t->snd_max ||
+            (t->ts_ok && seq_lt(tsval, t->ts_recent) && now - t->ts_recent_at < PAWS_IDLE_S)) {
+            eject_segment(dp, f, b, n, now);
+            return;
+        }
+        handshake_done(dp, f, seq, ack, wnd, tsecr, now);
+    }
     /* 1. PAWS (RFC 7323 §5.3; a TS.Recent idle for 24 days is void, §5.5) */
     if (t->ts_ok && seq_lt(tsval, t->ts_recent) && now - t->ts_recent_at < PAWS_IDLE_S) {
         dp->stats[SN_DP_S_PAWS]++;
@@ -1080,6 +1212,8 @@ static void flush(struct sn_dp *dp, struct flow *f, double now)
             send_ack(dp, f, now);
         return;
     }
+    if (f->state == SN_DP_SYN_RECEIVED || f->state == SN_DP_SYN_SENT)
+        return; /* nothing but our SYN(-ACK) may be out yet; want_output waits */
     if (f->t.host_space < f->rcv_wnd_max)
         f->space_stale = 1;
     if (f->want_output) {
@@ -1504,7 +1638,6 @@ struct sn_dp *sn_dp_new(int tap_fd, int mtu, uint32_t max_flows, int peek_offset
     dp->max_flows = max_flows;
     dp->timers = dp->tw_head = dp->tw_tail = -1;
     dp->notify_efd = dp->wake_efd = -1;
-    dp->planned = -1;
     pthread_mutex_init(&dp->mu, NULL);
     uint32_t cap = 1;
     while (cap < 2 * max_flows)
@@ -1629,11 +1762,27 @@ static int commit_flow(struct sn_dp *dp, int32_t idx, uint32_t events)
     return 0;
 }
 
+static void efd_kick(int fd);
+
+/* Threaded mode, under mu: a timer was armed at `at`; kick the thread unless
+ * it already sleeps to an earlier deadline (or is awake: it looks again). */
+static void wake_for(struct sn_dp *dp, double at)
+{
+    if (dp->threaded && dp->sleep_until != -2.0 && (dp->sleep_until < 0 || at < dp->sleep_until))
+        efd_kick(dp->wake_efd);
+}
+
 static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
 {
     const struct sn_tcb *t = &s->tcb;
-    if (t->snd_una != t->snd_nxt || t->snd_nxt != t->snd_max)
+    if (s->state == SN_DP_SYN_RECEIVED || s->state == SN_DP_SYN_SENT) {
+        if (t->snd_una + 1 != t->snd_nxt || t->snd_nxt != t->snd_max)
+            return -EINVAL; /* only our SYN is outstanding */
+        if (s->state == SN_DP_SYN_SENT && !t->ts_ok)
+            return -EINVAL; /* the SYN offered timestamps (see syn_sent_segment) */
+    } else if (s->state != SN_DP_ESTABLISHED || t->snd_una != t->snd_nxt || t->snd_nxt != t->snd_max) {
         return -EINVAL;
+    }
     if ((s->addr_len != 4 && s->addr_len != 16) || t->rcv_wscale > 14 || t->snd_wscale > 14)
         return -EINVAL;
     struct key k;
@@ -1657,8 +1806,7 @@ static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
     uint32_t iphlen = f->v6 ? 40 : 20, opts = f->t.ts_ok ? 12 : 0;
     f->rcv_wnd_max = min64(s->rcv_buf_max, (int64_t)0xffff << f->t.rcv_wscale);
     f->our_mss = (uint32_t)dp->mtu - iphlen - 20;
-    f->eff_mss = f->t.mss > opts + 1 ? f->t.mss - opts : 1;
-    f->max_payload = (uint32_t)max64(f->eff_mss, MAX_FRAME_LEN - ETH_LEN - iphlen - 20 - opts);
+    derive_mss(f);
     f->l4off = L3 + iphlen;
     f->tcp_hlen = 20 + opts;
     uint32_t ps = sn_csum_partial(s->remote_addr, s->addr_len, 0);
@@ -1686,6 +1834,12 @@ static int install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
     if (dp->peek_offset) {  /* no event is handled before this: we hold the lock */
         int off = 0;
         f->kernel_peek = setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off) == 0;
+    }
+    if (s->state == SN_DP_SYN_RECEIVED || s->state == SN_DP_SYN_SENT) {
+        f->state = (uint8_t)s->state;
+        timer_set(dp, f, T_RTX, s->now + t->rto); /* netstack's SYN(-ACK) retransmission timer */
+        dp->handshake_at = s->now;
+        wake_for(dp, f->timer_at);
     }
     return 0;
 }
@@ -1891,6 +2045,11 @@ static void run_timers(struct sn_dp *dp, double now)
         if (t->snd_max == t->snd_una)
             continue;
         dp->stats[SN_DP_S_RTO_EXPIRIES]++;
+        if (f->state == SN_DP_SYN_RECEIVED || f->state == SN_DP_SYN_SENT) {
+            /* our SYN(-ACK) went unanswered: netstack retransmits it */
+            eject(dp, f, SN_DP_R_TIMEOUT, 0, now);
+            continue;
+        }
         if (++f->retries >= SN_DP_MAX_RTO_RETRIES) {
             eject(dp, f, SN_DP_R_TIMEOUT, 0, now);
             continue;
@@ -1952,26 +2111,10 @@ int sn_dp_add_addr(struct sn_dp *dp, int which, const uint8_t *a, uint32_t alen,
     return 0;
 }
 
-static void efd_kick(int fd);
-
-/* Threaded mode: a call that armed a timer earlier than the deadline the
- * thread sleeps toward wakes the thread to recompute its timeout. */
-static void wake_for_deadline(struct sn_dp *dp)
-{
-    if (!dp->threaded || dp->stop)
-        return;
-    double dl = next_deadline(dp);
-    if (dl >= 0 && (dp->planned < 0 || dl < dp->planned)) {
-        dp->planned = dl;
-        efd_kick(dp->wake_efd);
-    }
-}
-
 int sn_dp_install_tcp(struct sn_dp *dp, const struct sn_tcp_flow *s)
 {
     lock(dp);
     int rc = install_tcp(dp, s);
-    wake_for_deadline(dp);
     unlock(dp);
     return rc;
 }
@@ -2033,7 +2176,9 @@ long sn_dp_inject(struct sn_dp *dp, const uint8_t *frame, size_t len, double now
     frame_from_guest(dp, dp->rx, len, now);
     batch_end(dp, now);
     long rc = (long)dp->out.len;
-    wake_for_deadline(dp);
+    double dl = next_deadline(dp);
+    if (dl >= 0)
+        wake_for(dp, dl); /* a timer it armed may be due before the thread wakes */
     unlock(dp);
     return rc;
 }
@@ -2159,10 +2304,12 @@ static void *dp_main(void *arg)
             dp->stats[SN_DP_S_QUEUE_STALLS]++;
         }
         int stalled = dp->stalled, timeout = -1;
-        double dl = next_deadline(dp);
-        if (dl >= 0)
-            timeout = dl <= now ? 0 : (int)ceil((dl - now) * 1000.0);
-        dp->planned = dl;
+        double dl = next_deadline(dp), wake = dl;
+        if (now - dp->handshake_at < CHURN_S && (wake < 0 || wake > now + NAP_S))
+            wake = now + NAP_S;
+        if (wake >= 0)
+            timeout = wake <= now ? 0 : (int)ceil((wake - now) * 1000.0);
+        dp->sleep_until = stalled ? -2.0 : wake;
         unlock(dp);
         int n;
         if (stalled) {
@@ -2172,6 +2319,7 @@ static void *dp_main(void *arg)
             n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, timeout);
         }
         lock(dp);
+        dp->sleep_until = -2.0;
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -2251,6 +2399,7 @@ int sn_dp_start(struct sn_dp *dp)
     }
     dp->qlen = 0;
     dp->stop = dp->stalled = dp->notified = 0;
+    dp->sleep_until = -2.0; /* not asleep yet: it reads the deadlines first */
     dp->threaded = 1;
     /* the thread is born with every signal blocked */
     sigset_t all, old;

@@ -99,6 +99,8 @@ enum sn_dp_state {
     SN_DP_CLOSING = 4,
     SN_DP_LAST_ACK = 5,
     SN_DP_TIME_WAIT = 6,
+    SN_DP_SYN_RECEIVED = 7,     /* installed with our SYN-ACK out: the guest's ACK of it is next */
+    SN_DP_SYN_SENT = 8,         /* installed with our SYN out (MSS, WS, TS offered): the guest's SYN-ACK is next */
 };
 
 /* How a connection ended in the datapath (slirp.datapath.CLOSE_HOWS). */
@@ -157,6 +159,7 @@ struct sn_tcp_flow {
     uint16_t guest_port, remote_port;
     uint8_t guest_mac[6], our_mac[6];
     uint32_t rcv_buf_max;
+    int32_t state;              /* SN_DP_ESTABLISHED, SN_DP_SYN_RECEIVED or SN_DP_SYN_SENT */
     double now;
     struct sn_tcb tcb;
 };

@@ -440,7 +440,10 @@ class Driver:
         self._flushing = True
         try:
             stack = self.stack
+            offload = self.offload
             for _ in range(FLUSH_ROUNDS):
+                if offload is not None:
+                    offload.install_handshakes(self.loop.time())
                 self._write_frames(stack.take_frames())
                 actions = stack.take_actions()
                 for action in actions:
@@ -455,6 +458,8 @@ class Driver:
                     stack.handle_event(event, now)
             else:
                 self.loop.call_soon(self.flush)  # more to do: yield to other fds first
+            if offload is not None:
+                offload.install_handshakes(self.loop.time())
             self._write_frames(stack.take_frames())
             if self.offload is not None:
                 self.offload.install_ready(clock())

@@ -8,6 +8,11 @@ The Driver owns one :class:`Offload` when a datapath is in use.  It
 * after every flush, installs the TCP flows netstack reports as offloadable
   (ESTABLISHED with nothing in flight: ``TcpLayer.offload_ready``) — park in
   netstack, stop watching the socket in the edge, install in the datapath;
+  passive opens whose first SYN-ACK netstack just made are installed in
+  SYN_RECEIVED, and port-forward active opens whose first SYN it just made
+  in SYN_SENT, before that frame is written (:meth:`install_handshakes`), so
+  that the guest's answer, the first data and everything after never come
+  up to Python;
 * installs UDP NAT flows as their sockets open, and removes them before the
   edge closes them;
 * every ACTIVITY_REFRESH_S, refreshes in netstack's flow table the idle
@@ -29,6 +34,7 @@ from netstack.udp import UdpNatFlow
 from .datapath import Closed, Ejected, Frame, TapError, TcpFlow, UdpDatagram, UdpError, UdpFlow
 
 ACTIVITY_REFRESH_S = 5.0
+_HANDSHAKE_STATES = (State.SYN_RECEIVED, State.SYN_SENT)
 
 
 class Offload:
@@ -82,6 +88,12 @@ class Offload:
             edge_credit=0,
         )
         self.stack.tcp_resume(ej.flow, export, now)
+        if ej.state in ("SYN_RECEIVED", "SYN_SENT"):
+            if ej.reason == "timeout":
+                # our SYN(-ACK) went unanswered: netstack's timer (due) resends
+                # it, and the handshake stays there from now on
+                self.stack.tcp.offload_ready.discard(ej.flow)
+            return
         if ej.reason == "host_error":
             self.stack.handle_event(ev.TcpHostReset(ej.flow, ej.errno), now)
         elif ej.reason == "timeout":
@@ -112,6 +124,21 @@ class Offload:
         for flow_id in flows:
             self._install_tcp(flow_id, now)
 
+    def install_handshakes(self, now: float) -> None:
+        """Install the handshakes netstack just made its first SYN-ACK
+        (SYN_RECEIVED) or SYN (SYN_SENT) for — called before the stack's
+        frames are written, so the datapath has the flow before the guest
+        can answer.  The others wait for :meth:`install_ready` after the
+        flush (an ESTABLISHED flow's last frames must reach the guest before
+        the datapath's)."""
+        tcp = self.stack.tcp
+        ready = tcp.offload_ready
+        if not ready:
+            return
+        for flow_id in [f for f in ready if (ep := tcp.endpoint(f)) is not None and ep.state in _HANDSHAKE_STATES]:
+            ready.discard(flow_id)
+            self._install_tcp(flow_id, now)
+
     def _install_tcp(self, flow_id: int, now: float) -> None:
         stack = self.stack
         ep = stack.tcp.endpoint(flow_id)
@@ -137,6 +164,7 @@ class Offload:
             tcb=export.tcb,
             rcv_buf_max=stack.tcp.config.rcv_buf_max,
             now=now,
+            state=export.state.name,
         )
         try:
             self.dp.install_tcp(spec)

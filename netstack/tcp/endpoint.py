@@ -77,7 +77,13 @@ from the guest (our last ACK was lost).
 Export/import: :meth:`export` snapshots an ESTABLISHED endpoint (TCB, the
 unacknowledged+unsent send bytes, the bytes still queued toward the host,
 a few flags) as an :class:`EndpointExport`; :meth:`import_` resumes from one.
-That is the hand-off to and from the C datapath.
+That is the hand-off to and from the C datapath.  A passive open may also be
+exported in SYN_RECEIVED right after its first SYN-ACK (the datapath then
+takes the guest's ACK of it), and an active open in SYN_SENT right after its
+first SYN (the datapath takes the guest's SYN-ACK): either comes back
+finished (any importable state: the ESTABLISHED transition happens on
+import) or unfinished, in the same state with its own TCB and retransmission
+timer as they were (``_import_handshake``).
 """
 
 from __future__ import annotations
@@ -1224,6 +1230,15 @@ class TcpEndpoint:
     # ------------------------------------------------------ export / import
 
     def can_export(self) -> bool:
+        if self.state is State.SYN_RECEIVED:
+            # a passive open whose first SYN-ACK is out: a datapath may take
+            # the guest's ACK of it (after a retransmission the handshake
+            # stays here, with the retry count that ends it)
+            return not self.parked and self._retries == 0 and self._syn is not None
+        if self.state is State.SYN_SENT:
+            # an active open whose first SYN is out, offering window scaling
+            # and timestamps: a datapath may take the guest's SYN-ACK
+            return not self.parked and self._retries == 0 and self._offer_ts and self._offer_ws
         return (
             self.state is State.ESTABLISHED
             and not self.parked
@@ -1246,11 +1261,24 @@ class TcpEndpoint:
         )
 
     def export(self) -> EndpointExport:
-        """Snapshot an ESTABLISHED endpoint for another owner (see can_export)."""
+        """Snapshot an ESTABLISHED endpoint for another owner (see can_export).
+        In SYN_RECEIVED the other owner may finish the handshake: the TCB
+        carries the congestion state ESTABLISHED starts with."""
         if not self.can_export():
             raise ValueError(f"flow {self.flow}: cannot export in {self.state.name}")
+        tcb = self.tcb.to_dict()
+        if self.state is State.SYN_RECEIVED:
+            tcb["cwnd"] = self.cfg.initial_cwnd_segments * self._eff_mss
+            tcb["ssthresh"] = CWND_MAX
+        elif self.state is State.SYN_SENT:
+            # what our SYN offered (the SYN-ACK decides: see the datapath
+            # contract's "Handshake"), and ESTABLISHED's start for our MSS
+            tcb["ts_ok"] = True
+            tcb["rcv_wscale"] = self.cfg.rcv_wscale
+            tcb["cwnd"] = self.cfg.initial_cwnd_segments * (self._our_mss - TS_OPTION_LEN)
+            tcb["ssthresh"] = CWND_MAX
         return EndpointExport(
-            tcb=self.tcb.to_dict(),
+            tcb=tcb,
             state=self.state,
             send_bytes=self._snd.to_bytes(),
             to_host=b"".join(self._to_host),
@@ -1259,14 +1287,36 @@ class TcpEndpoint:
             edge_credit=self._edge_credit,
         )
 
+    def _import_handshake(self, exp: EndpointExport) -> None:
+        """Resume a handshake the other owner gave back unfinished (the
+        segment it does not take comes next, or our SYN-ACK's time ran out):
+        nothing moved but the TCB it had; the retransmission timer armed when
+        the SYN(-ACK) went out is ours again (due already after a time-out);
+        our own TCB is kept (the export's may carry what our SYN offered)."""
+        if self.state is not exp.state or not self.parked:
+            raise ValueError("cannot import a handshake into a connection that did not export one")
+        t = Tcb.from_dict(exp.tcb)
+        if sub(t.snd_max, t.snd_una) != 1 or t.snd_nxt != t.snd_max or exp.send_bytes or exp.to_host:
+            raise ValueError("a handshake has only our SYN outstanding")
+        if (t.iss, t.snd_una, t.rcv_nxt) != (self.tcb.iss, self.tcb.snd_una, self.tcb.rcv_nxt):
+            raise ValueError("not the handshake we exported")
+        self.parked = False
+
     def import_(self, now: float, exp: EndpointExport) -> None:
         """Resume a connection from an export (possibly advanced by its other
         owner, which may have taken it into a closing state: the guest's FIN
         taken — rcv_nxt covers it and the host socket is shut down — and/or
         our FIN sent, as the last sequence number, after the host's EOF).
         Raises ValueError if the export is inconsistent."""
-        if exp.state not in _IMPORTABLE or self.state not in (State.CLOSED, State.ESTABLISHED):
+        if exp.state is State.SYN_RECEIVED or exp.state is State.SYN_SENT:
+            self._import_handshake(exp)
+            return
+        if exp.state not in _IMPORTABLE or self.state not in (
+            State.CLOSED, State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED
+        ):  # fmt: skip
             raise ValueError(f"cannot import a connection in {exp.state.name}")
+        if self.state in (State.SYN_SENT, State.SYN_RECEIVED) and not self.parked:
+            raise ValueError("a handshake in progress here was not exported")
         t = Tcb.from_dict(exp.tcb)
         fin_sent = exp.state in _FIN_SENT
         fin_out = fin_sent and exp.state is not State.FIN_WAIT_2  # our FIN not yet acknowledged
@@ -1280,6 +1330,11 @@ class TcpEndpoint:
         if len(exp.to_host) > self.cfg.rcv_buf_max + (1 << t.rcv_wscale):
             raise ValueError("to_host exceeds the receive buffer")
         if self.state is State.CLOSED:
+            self.set_state(State.ESTABLISHED)
+        elif self.state is State.SYN_RECEIVED or self.state is State.SYN_SENT:
+            # the other owner finished the handshake (its TCB carries the
+            # congestion state ESTABLISHED starts with: see export)
+            self._syn = None
             self.set_state(State.ESTABLISHED)
         if exp.state is not State.ESTABLISHED:
             # a hand-off, not a transition: the other owner made the moves

@@ -38,6 +38,9 @@ ISN_CLOCK_HZ = 250_000  # RFC 6528 §3: the ISN clock M ticks every 4 µs
 DATAGRAM_QUOTE_MAX = 128  # bytes of a SYN's IP datagram kept for a later ICMP error
 
 
+_OFFLOADABLE_STATES = frozenset({State.ESTABLISHED, State.SYN_RECEIVED, State.SYN_SENT})
+
+
 class Disposition(enum.Enum):
     """What happened to one guest segment (for the caller's tracing)."""
 
@@ -205,7 +208,7 @@ class TcpLayer:
             self._quotes.pop(flow.id, None)
         if st is State.TIME_WAIT and not flow.evictable:
             table.set_evictable(flow, True)
-        elif st is State.ESTABLISHED and not ep.parked and ep.offloadable():
+        elif st in _OFFLOADABLE_STATES and not ep.parked and ep.offloadable():
             self.offload_ready.add(flow.id)
         table.set_deadline(flow, ep.deadline())
         table.touch(flow, now)
@@ -428,7 +431,10 @@ class TcpLayer:
     # ------------------------------------------------------------------ datapath hand-off
 
     def park(self, flow_id: int) -> EndpointExport | None:
-        """Detach an ESTABLISHED flow for another owner (the C datapath).
+        """Detach an ESTABLISHED flow for another owner (the C datapath), or a
+        handshake whose first SYN-ACK (SYN_RECEIVED) or SYN (SYN_SENT) is out
+        (the other owner may take the guest's answer; its timer stays with
+        the endpoint, ours again if the handshake comes back unfinished).
 
         Returns None if the flow cannot be parked now (not ESTABLISHED, a
         write to the host in flight, segments waiting in the reorder queue,

@@ -37,7 +37,7 @@ Field meanings (sequence numbers are mod 2**32, see seq.py):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from .seq import sub
 
@@ -74,16 +74,21 @@ class Tcb:
         return sub(self.rcv_adv, self.rcv_nxt)
 
     def to_dict(self) -> dict:
-        """A flat dict of plain ints/floats/bools (what a C side would copy)."""
-        return asdict(self)
+        """A flat dict of plain ints/floats/bools (what a C side would copy).
+        Every field is immutable, so no deep copy (dataclasses.asdict makes
+        one per field: it cost more than the rest of an install)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict) -> Tcb:
-        names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
+        missing = _FIELD_SET - d.keys()
         if missing:
             raise ValueError(f"TCB export lacks {sorted(missing)}")
-        return cls(**{name: d[name] for name in names})
+        return cls(**{name: d[name] for name in _FIELDS})
 
     def copy(self) -> Tcb:
-        return Tcb(**asdict(self))
+        return Tcb(**self.to_dict())
+
+
+_FIELDS = tuple(f.name for f in fields(Tcb))
+_FIELD_SET = frozenset(_FIELDS)

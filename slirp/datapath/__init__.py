@@ -52,8 +52,10 @@ reads a clock):
   wants the flow back, e.g. to close it); ``install_udp(UdpFlow)``;
   ``remove_udp(flow)`` (the edge closes the socket itself afterwards).
   Installing raises ValueError for a flow id, key or fd already installed
-  (or TCP data in flight), OverflowError when the table is full (the flow
-  stays in netstack); eject_tcp/remove_udp raise KeyError for an unknown flow.
+  (or TCP data in flight, or a state other than ESTABLISHED/SYN_RECEIVED/
+  SYN_SENT, or a SYN_SENT flow without ts_ok),
+  OverflowError when the table is full (the flow stays in netstack);
+  eject_tcp/remove_udp raise KeyError for an unknown flow.
 * ``owns(flow) -> bool``; ``take_activity() -> list[int]`` (UDP flows that
   carried traffic since the last call, in order of first activity: their
   idle timers must be refreshed); ``stats() -> dict[str, int]`` (the
@@ -102,8 +104,9 @@ Slow items, in the order they happened:
   ``requested`` (eject_tcp).  (``host_eof`` and ``host_error`` are no longer
   produced: see "Closing".)  ``state`` is the flow's netstack.tcp.State
   name — a flow may be ejected while closing (CLOSE_WAIT, FIN_WAIT_1/2,
-  CLOSING, LAST_ACK; netstack's import_ takes those) — and ``host_eof``
-  says the host's EOF was seen (our FIN is sent or due);
+  CLOSING, LAST_ACK; netstack's import_ takes those; SYN_RECEIVED and
+  SYN_SENT, see "Handshake") — and ``host_eof`` says the host's EOF was seen (our FIN is
+  sent or due);
 * :class:`Closed` — the connection ended in the datapath (see "Closing"):
   netstack forgets the flow (``TcpLayer.forget``), the edge closes the
   socket, with RST when ``how`` is ``reset``;
@@ -181,6 +184,42 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
 6. RTO expiry with data in flight: go-back-N, RTO doubled (≤ 60 s); the
    MAX_RTO_RETRIES-th consecutive expiry → Ejected(timeout) instead; an
    expiry while the guest's window is closed → Ejected(zero_window).
+Handshake: a passive open may be installed in SYN_RECEIVED (``TcpFlow.state``)
+once netstack sent its first SYN-ACK — before that frame reaches the TAP, so
+the guest's answer finds the flow here: snd_una + 1 == snd_nxt == snd_max
+(only our SYN is outstanding); the retransmission timer is armed at
+``now`` + rto.  A segment the fast path takes (flags, options and checksum as
+above) that is exactly the guest's ACK of it — SEG.SEQ = rcv_nxt, SEG.ACK =
+snd_max, no FIN, passing PAWS — completes the handshake as netstack's
+SYN_RECEIVED rule does: RTT sampled from a non-zero TSecr (a flow without
+timestamps keeps its RTO), snd_una = SEG.ACK, snd_wnd = max_snd_wnd = the
+scaled window, snd_wl1/snd_wl2 = SEG.SEQ/SEG.ACK, timer stopped →
+ESTABLISHED; the segment then goes on through rules 1–3 (its payload goes
+to the host).  Any other segment: Ejected(segment) + Frame (a retransmitted
+SYN, a wrong ACK, a FIN...; an exact RST ends the flow as below).  Nothing
+is sent toward the guest before that (host data and EOF wait: output starts
+with the handshake's end).  The timer's expiry: Ejected(timeout) with state
+SYN_RECEIVED, ``send_bytes`` empty — netstack retransmits the SYN-ACK (its
+own timer is due), it does not give up.  A failed host socket meanwhile
+resets as below.
+A port forward's active open may be installed in SYN_SENT the same way,
+before its SYN is written, when that SYN offered timestamps and window
+scaling: the TCB says what it offered (``ts_ok`` true, ``rcv_wscale`` our
+shift, ``mss`` a placeholder); snd_una + 1 == snd_nxt == snd_max; timer as
+above.  The guest's SYN-ACK is taken when it is exactly SYN|ACK with SEG.ACK
+= snd_max, no payload, and options that parse (EOL, NOP, then kind/length
+with MSS length 4, WS length 3, TS length 10, other kinds skipped by their
+length ≥ 2 within the header) carrying WS (shift ≤ 14) and TS: irs =
+SEG.SEQ, rcv_nxt = rcv_adv = SEG.SEQ + 1, TS.Recent = its TSval,
+snd_wscale = its shift, mss = max(88, min(our MSS, its MSS option or 536
+(IPv4) / 1220 (IPv6))) — netstack's _negotiate —, snd_wnd = max_snd_wnd =
+the window field unscaled (RFC 7323 §2.2), snd_wl1/snd_wl2 = SEG.SEQ/SEG.ACK,
+RTT from a non-zero TSecr, snd_una = SEG.ACK, timer stopped → ESTABLISHED;
+our ACK is pending (it rides on the first data frame when host data waits).
+Anything else — RST, a bare SYN (simultaneous open), a SYN-ACK without TS or
+WS, with payload or with malformed options — is Ejected(segment) + Frame;
+the timer's expiry is Ejected(timeout) with state SYN_SENT (netstack
+retransmits the SYN).
 Closing (netstack's rules, netstack/tcp/endpoint.py "Closing"; the fast
 path takes exactly ACK, ACK|PSH, and those with FIN, plus RST):
 * the guest's FIN is taken once every byte before it went to the host
@@ -293,7 +332,9 @@ STAT_NAMES = (
 
 @dataclass(frozen=True, slots=True)
 class TcpFlow:
-    """What install_tcp needs: an ESTABLISHED flow with nothing in flight."""
+    """What install_tcp needs: an ESTABLISHED flow with nothing in flight, or
+    a handshake with only our SYN-ACK (SYN_RECEIVED) or SYN (SYN_SENT) out
+    (see "Handshake")."""
 
     flow: int
     fd: int
@@ -306,6 +347,7 @@ class TcpFlow:
     tcb: dict  # netstack.tcp.Tcb.to_dict(): snd_una == snd_nxt == snd_max
     rcv_buf_max: int
     now: float
+    state: str = "ESTABLISHED"  # or "SYN_RECEIVED", "SYN_SENT"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,23 @@ _TCB_U32 = (
 )  # fmt: skip
 _TCB_OTHER = ("cwnd", "ssthresh", "host_space", "ts_recent_at", "srtt", "rttvar", "rto")
 
-_STATES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT")
+_STATES = (
+    "ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT", "SYN_RECEIVED",
+    "SYN_SENT",
+)  # fmt: skip (enum sn_dp_state)
+_INSTALL_STATES = {"ESTABLISHED": 0, "SYN_RECEIVED": 7, "SYN_SENT": 8}
+
+# struct sn_tcp_flow in one pack (install_tcp runs once per connection: 24
+# cdata field stores cost more than the C call); checked against cffi's layout.
+_TCP_FLOW = struct.Struct("=QiI16s16sHH6s6sIid18I3q4d")
+_TCP_FLOW_FIELDS = ("flow", "fd", "addr_len", "guest_addr", "remote_addr", "guest_port", "remote_port", "guest_mac",
+                    "our_mac", "rcv_buf_max", "state", "now", "tcb")  # fmt: skip
+_TCP_FLOW_OFFSETS = (0, 8, 12, 16, 32, 48, 50, 52, 58, 64, 68, 72, 80)
+_offsets = tuple(ffi.offsetof("struct sn_tcp_flow", f) for f in _TCP_FLOW_FIELDS)
+if _TCP_FLOW.size != ffi.sizeof("struct sn_tcp_flow") or ffi.sizeof("struct sn_tcb") != 128 or _offsets != _TCP_FLOW_OFFSETS:
+    # pragma: no cover - a header change without this one
+    raise ImportError("struct sn_tcp_flow changed: update _TCP_FLOW")
+_TCB_PACKED = _TCB_U32[:14]  # iss .. mss; then ts_ok, ts_recent, ts_offset, pad (sn_tcb's order)
 
 _names = tuple(ffi.string(lib.sn_dp_stat_name(i)).decode() for i in range(lib.SN_DP_S_COUNT))
 if _names != STAT_NAMES:  # the header and the Python list must agree
@@ -143,28 +159,24 @@ class NativeDatapath:
         return None if d < 0 else d
 
     def install_tcp(self, spec: TcpFlow) -> None:
-        s = ffi.new("struct sn_tcp_flow *")
         alen = len(spec.guest_addr)
-        if alen not in (4, 16) or len(spec.remote_addr) != alen:
+        if alen not in (4, 16) or len(spec.remote_addr) != alen or len(spec.guest_mac) != 6 or len(spec.our_mac) != 6:
             raise ValueError("install_tcp: bad addresses")
-        s.flow = spec.flow
-        s.fd = spec.fd
-        s.addr_len = alen
-        ffi.memmove(s.guest_addr, spec.guest_addr, alen)
-        ffi.memmove(s.remote_addr, spec.remote_addr, alen)
-        s.guest_port = spec.guest_port
-        s.remote_port = spec.remote_port
-        ffi.memmove(s.guest_mac, spec.guest_mac, 6)
-        ffi.memmove(s.our_mac, spec.our_mac, 6)
-        s.rcv_buf_max = spec.rcv_buf_max
-        s.now = spec.now
-        t = s.tcb
+        state = _INSTALL_STATES.get(spec.state)
+        if state is None:
+            raise ValueError(f"install_tcp: cannot install a flow in {spec.state}")
         d = spec.tcb
-        for name in _TCB_U32:
-            setattr(t, name, d[name] & 0xFFFFFFFF)
-        t.ts_ok = 1 if d["ts_ok"] else 0
-        for name in _TCB_OTHER:
-            setattr(t, name, d[name])
+        try:
+            packed = _TCP_FLOW.pack(
+                spec.flow, spec.fd, alen, spec.guest_addr, spec.remote_addr, spec.guest_port, spec.remote_port,
+                spec.guest_mac, spec.our_mac, spec.rcv_buf_max, state, spec.now,
+                *[d[name] & 0xFFFFFFFF for name in _TCB_PACKED], 1 if d["ts_ok"] else 0,
+                d["ts_recent"] & 0xFFFFFFFF, d["ts_offset"] & 0xFFFFFFFF, 0,
+                *[d[name] for name in _TCB_OTHER],
+            )  # fmt: skip
+        except struct.error as err:
+            raise ValueError(f"install_tcp: {err}") from None
+        s = ffi.from_buffer("struct sn_tcp_flow *", packed)
         _check(lib.sn_dp_install_tcp(self._dp, s), f"install_tcp flow {spec.flow}")
 
     def install_udp(self, spec: UdpFlow) -> None:

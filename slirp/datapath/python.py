@@ -87,8 +87,16 @@ EP_UDP = select.EPOLLIN
 T_NONE, T_RTX, T_PERSIST, T_TIME_WAIT = 0, 1, 2, 3
 
 # TCP states of an installed flow (native/slirpnet.h enum sn_dp_state)
-ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, TIME_WAIT = range(7)
-STATE_NAMES = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT")
+ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, TIME_WAIT, SYN_RECEIVED, SYN_SENT = range(9)
+STATE_NAMES = (
+    "ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT_1", "FIN_WAIT_2", "CLOSING", "LAST_ACK", "TIME_WAIT", "SYN_RECEIVED",
+    "SYN_SENT",
+)  # fmt: skip
+_INSTALL_STATES = {"ESTABLISHED": ESTABLISHED, "SYN_RECEIVED": SYN_RECEIVED, "SYN_SENT": SYN_SENT}
+_HANDSHAKE = (SYN_RECEIVED, SYN_SENT)
+MIN_MSS = 88  # netstack/tcp/config.py: floor of the guest's MSS option
+DEFAULT_MSS_V4 = 536  # RFC 9293 §3.7.1: no MSS option
+DEFAULT_MSS_V6 = 1220
 _FIN_TAKEN = (CLOSE_WAIT, CLOSING, LAST_ACK)
 
 _VNET = struct.Struct("<BBHHHH")
@@ -231,7 +239,15 @@ class PythonDatapath:
 
     def install_tcp(self, spec: TcpFlow) -> None:
         t = spec.tcb
-        if not (t["snd_una"] == t["snd_nxt"] == t["snd_max"]):
+        state = _INSTALL_STATES.get(spec.state)
+        if state is None:
+            raise ValueError(f"install_tcp: cannot install a flow in {spec.state}")
+        if state in _HANDSHAKE:
+            if not ((t["snd_una"] + 1) & MASK == t["snd_nxt"] == t["snd_max"]):
+                raise ValueError("install_tcp: more than our SYN outstanding")
+            if state == SYN_SENT and not t["ts_ok"]:
+                raise ValueError("install_tcp: the SYN offered timestamps (see _syn_sent_segment)")
+        elif not (t["snd_una"] == t["snd_nxt"] == t["snd_max"]):
             raise ValueError("install_tcp: data in flight")
         v6 = len(spec.guest_addr) == 16
         if len(spec.remote_addr) != len(spec.guest_addr) or len(spec.guest_addr) not in (4, 16):
@@ -249,8 +265,7 @@ class PythonDatapath:
         opts = 12 if f.ts_ok else 0
         f.rcv_wnd_max = min(spec.rcv_buf_max, 0xFFFF << f.rcv_wscale)
         f.our_mss = self._mtu - iphlen - 20
-        f.eff_mss = max(1, f.mss - opts)
-        f.max_payload = max(f.eff_mss, MAX_FRAME_LEN - ETH_LEN - iphlen - 20 - opts)
+        self._derive_mss(f)
         f.l4off = L3 + iphlen
         f.tcp_hlen = 20 + opts
         f.pseudo = csum_partial(f.raddr + f.gaddr, 6)
@@ -276,6 +291,9 @@ class PythonDatapath:
             f.sock.detach()
             raise
         self._add(f)
+        if state in _HANDSHAKE:
+            f.state = state
+            f.timer, f.timer_at = T_RTX, spec.now + f.rto  # netstack's SYN(-ACK) retransmission timer
 
     def install_udp(self, spec: UdpFlow) -> None:
         if len(spec.guest_addr) not in (4, 16):
@@ -390,6 +408,9 @@ class PythonDatapath:
             if f.snd_max == f.snd_una:
                 continue
             self._stats["dp.rto_expiries"] += 1
+            if f.state in _HANDSHAKE:
+                self._eject(f, "timeout", 0, now)  # our SYN(-ACK) went unanswered: netstack retransmits it
+                continue
             f.retries += 1
             if f.retries >= MAX_RTO_RETRIES:
                 self._eject(f, "timeout", 0, now)
@@ -651,6 +672,9 @@ class PythonDatapath:
         if f.state == TIME_WAIT:
             self._time_wait_segment(f, b, flags, plen, now)
             return
+        if f.state == SYN_SENT:
+            self._syn_sent_segment(f, b, l4, l4len, doff, now)
+            return
         if flags & RST:
             # RFC 5961 §3.2: only an exact RST ends the flow here; netstack challenges the others
             if flags & ~ACK == RST and _U32.unpack_from(b, l4 + 4)[0] == f.rcv_nxt:
@@ -676,6 +700,18 @@ class PythonDatapath:
         seq = _U32.unpack_from(b, l4 + 4)[0]
         ack = _U32.unpack_from(b, l4 + 8)[0]
         wnd = ((b[l4 + 14] << 8) | b[l4 + 15]) << f.snd_wscale
+        if f.state == SYN_RECEIVED:
+            # 0. the guest's ACK of our SYN-ACK, exactly: at rcv_nxt, acking
+            # snd_max, no FIN, passing PAWS; anything else is netstack's
+            if (
+                flags & FIN
+                or seq != f.rcv_nxt
+                or ack != f.snd_max
+                or (f.ts_ok and _lt(tsval, f.ts_recent) and now - f.ts_recent_at < PAWS_IDLE_S)
+            ):
+                self._eject_segment(f, b, now)
+                return
+            self._handshake_done(f, seq, ack, wnd, tsecr, now)
         # 1. PAWS (RFC 7323 §5.3; a TS.Recent idle for 24 days is void, §5.5)
         if f.ts_ok and _lt(tsval, f.ts_recent) and now - f.ts_recent_at < PAWS_IDLE_S:
             st["dp.paws"] += 1
@@ -764,6 +800,89 @@ class PythonDatapath:
                 self._send_ack(f, now)
                 self._enter_time_wait(f, now)
 
+    @staticmethod
+    def _derive_mss(f: _Tcp) -> None:
+        """The payload room of a flow with MSS f.mss (and the timestamp block, if any)."""
+        opts = 12 if f.ts_ok else 0
+        f.eff_mss = max(1, f.mss - opts)
+        f.max_payload = max(f.eff_mss, MAX_FRAME_LEN - ETH_LEN - (40 if f.v6 else 20) - 20 - opts)
+
+    def _syn_sent_segment(self, f: _Tcp, b: memoryview, l4: int, l4len: int, doff: int, now: float) -> None:
+        """SYN_SENT: the guest's SYN-ACK of our SYN (netstack's _segment_syn_sent
+        for its common case): exactly SYN|ACK acking snd_max, no payload, window
+        scaling and timestamps both answered (we offered them), well-formed
+        options.  Anything else is netstack's (Ejected(segment) + Frame)."""
+        ack = _U32.unpack_from(b, l4 + 8)[0]
+        if b[l4 + 13] != SYN | ACK or ack != f.snd_max or l4len != doff:
+            self._eject_segment(f, b, now)
+            return
+        mss_opt = ws = tsval = tsecr = None
+        i = 20
+        while i < doff:
+            kind = b[l4 + i]
+            if kind == 0:
+                break  # end of option list
+            if kind == 1:
+                i += 1
+                continue
+            length = b[l4 + i + 1] if i + 1 < doff else 0
+            if (
+                length < 2
+                or i + length > doff
+                or (kind == 2 and length != 4)
+                or (kind == 3 and length != 3)
+                or (kind == 8 and length != 10)
+            ):
+                self._eject_segment(f, b, now)
+                return
+            if kind == 2:
+                mss_opt = _U16.unpack_from(b, l4 + i + 2)[0]
+            elif kind == 3:
+                ws = b[l4 + i + 2]
+            elif kind == 8:
+                tsval, tsecr = _U32.unpack_from(b, l4 + i + 2)[0], _U32.unpack_from(b, l4 + i + 6)[0]
+            i += length
+        if ws is None or ws > 14 or tsval is None:
+            self._eject_segment(f, b, now)
+            return
+        seq = _U32.unpack_from(b, l4 + 4)[0]
+        want = (DEFAULT_MSS_V6 if f.v6 else DEFAULT_MSS_V4) if mss_opt is None else mss_opt
+        f.irs = seq
+        f.rcv_nxt = f.rcv_adv = (seq + 1) & MASK
+        f.ts_recent, f.ts_recent_at = tsval, now
+        f.snd_wscale = ws
+        f.mss = max(MIN_MSS, min(f.our_mss, want))
+        self._derive_mss(f)
+        f.snd_wnd = f.max_snd_wnd = (b[l4 + 14] << 8) | b[l4 + 15]  # never scaled in a SYN (RFC 7323 §2.2)
+        f.snd_wl1, f.snd_wl2 = seq, ack
+        if tsecr:
+            ms = _sub(self._ts_now(f, now), tsecr)
+            if ms < HALF:
+                self._rtt_sample(f, ms / 1000.0)
+        f.snd_una = ack
+        f.timer, f.timer_at = T_NONE, 0.0
+        f.retries = 0
+        f.state = ESTABLISHED
+        f.want_output = True  # host data that came meanwhile
+        f.ack_pending = True  # our ACK: with the batch, or on the first data frame
+        self._touch(f)
+
+    def _handshake_done(self, f: _Tcp, seq: int, ack: int, wnd: int, tsecr: int, now: float) -> None:
+        """SYN_RECEIVED -> ESTABLISHED on the guest's ACK of our SYN-ACK
+        (netstack's SYN_RECEIVED rule): RTT from TSecr, the guest's window,
+        no timer.  The segment then goes on as any ESTABLISHED one."""
+        if f.ts_ok and tsecr:
+            ms = _sub(self._ts_now(f, now), tsecr)
+            if ms < HALF:
+                self._rtt_sample(f, ms / 1000.0)
+        f.snd_una = ack
+        f.snd_wnd = f.max_snd_wnd = wnd
+        f.snd_wl1, f.snd_wl2 = seq, ack
+        f.timer, f.timer_at = T_NONE, 0.0
+        f.retries = 0
+        f.state = ESTABLISHED
+        f.want_output = True  # host data that came meanwhile (edge-triggered: no new event)
+
     def _update_window(self, f: _Tcp, seq: int, ack: int, wnd: int) -> None:
         """RFC 9293 §3.10.7.4: SND.WL1/SND.WL2 say whether the window is newer."""
         if _lt(f.snd_wl1, seq) or (f.snd_wl1 == seq and not _gt(f.snd_wl2, ack)):
@@ -846,6 +965,8 @@ class PythonDatapath:
             if f.ack_pending:
                 self._send_ack(f, now)
             return
+        if f.state in _HANDSHAKE:
+            return  # nothing but our SYN(-ACK) may be out yet; want_output waits
         if f.host_space < f.rcv_wnd_max:
             f.space_stale = True
         if f.want_output:
@@ -1047,7 +1168,9 @@ class PythonDatapath:
         tcb = {name: getattr(f, name) for name in _TCB_FIELDS}
         tcb["ts_ok"] = bool(f.ts_ok)
         fin_out = 1 if f.fin_sent and f.snd_max != f.snd_una else 0
-        send_bytes = read_send_bytes(f.fd, _sub(f.snd_max, f.snd_una) - fin_out, tcb)
+        # in a handshake the one unacknowledged sequence number is our SYN
+        unacked = 0 if f.state in _HANDSHAKE else _sub(f.snd_max, f.snd_una) - fin_out
+        send_bytes = read_send_bytes(f.fd, unacked, tcb)
         self._items.append(Ejected(f.flow, reason, err, tcb, send_bytes, f.host_eof, STATE_NAMES[f.state]))
 
     # ------------------------------------------------------------------ closing (contract: "Closing")

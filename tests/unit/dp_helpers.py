@@ -230,7 +230,7 @@ class Side:
 
     # -- flows
     def add_tcp(self, flow, v6=False, tcb=None, guest=None, remote=None, gport=40000, rport=80,
-                rcv_buf_max=1 << 20, now=0.0, **conn_kw):  # fmt: skip
+                rcv_buf_max=1 << 20, now=0.0, state="ESTABLISHED", **conn_kw):  # fmt: skip
         c = TcpConn(v6=v6, **conn_kw)
         self.conns[flow] = c
         self.host_rx[flow] = bytearray()
@@ -246,6 +246,7 @@ class Side:
             tcb=dict(tcb or base_tcb()),
             rcv_buf_max=rcv_buf_max,
             now=now,
+            state=state,
         )
         self.dp.install_tcp(spec)
         return c

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(len(KINDS) < 2, reason="slirp._native not built"
 EXAMPLES = int(os.environ.get("SLIRPNET_FUZZ_EXAMPLES", "60"))
 
 flags_st = st.sampled_from([ACK, ACK, ACK | PSH, ACK | PSH, ACK | FIN, ACK | PSH | FIN, RST, ACK | RST, SYN, ACK | URG,
-                            ACK | 0x80, 0])  # fmt: skip
+                            ACK | 0x80, 0, SYN | ACK, SYN | ACK])  # fmt: skip
 offload_st = st.sampled_from(["csum", "csum", "none", "valid", "bad"])
 
 tcp_step = st.fixed_dictionaries(
@@ -64,10 +64,18 @@ steps_st = st.lists(st.one_of(tcp_step, tcp_step, tcp_step, udp_step, host_step,
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(steps=steps_st, peek=st.booleans())
-def test_random_sequences_same_outputs(steps, peek):
+@given(steps=steps_st, peek=st.booleans(), handshake=st.sampled_from([None, "SYN_RECEIVED", "SYN_SENT"]))
+def test_random_sequences_same_outputs(steps, peek, handshake):
     with Twin(peek_offset=peek) as twin:
-        twin.add_tcp(1)
+        if handshake == "SYN_RECEIVED":
+            # flow 1's SYN-ACK (ISS 1000) is out: the guest's ACK of it next
+            twin.add_tcp(1, tcb=base_tcb(snd_una=1000, srtt=-1.0, rttvar=0.0, rto=1.0), state="SYN_RECEIVED")
+        elif handshake == "SYN_SENT":
+            # flow 1's SYN (ISS 1000) is out: the guest's SYN-ACK next
+            twin.add_tcp(1, tcb=base_tcb(snd_una=1000, irs=0, rcv_nxt=0, rcv_adv=0, snd_wnd=0, max_snd_wnd=0,
+                                         snd_wscale=0, mss=536, srtt=-1.0, rttvar=0.0, rto=1.0), state="SYN_SENT")  # fmt: skip
+        else:
+            twin.add_tcp(1)
         twin.add_tcp(2, v6=True, tcb=base_tcb(ts_ok=False, snd_wscale=0, rcv_wscale=0, snd_wnd=30000))
         twin.add_udp(7)
         guests = {1: GuestTcp(), 2: GuestTcp(guest=GUEST6, remote=GATEWAY6, ts=False)}
@@ -84,6 +92,7 @@ def test_random_sequences_same_outputs(steps, peek):
                         ts = None
                     else:
                         g.tsval = (g.tsval + step["ts_delta"]) & M
+                syn_opts = {"mss": 1400, "wscale": 7} if step["flags"] & SYN else {}
                 frame = bytearray(
                     g.frame(
                         step["flags"],
@@ -93,6 +102,7 @@ def test_random_sequences_same_outputs(steps, peek):
                         window=step["window"],
                         offload=step["offload"],
                         timestamp=ts,
+                        **syn_opts,
                     )
                 )
                 if step["mutate"] is not None:

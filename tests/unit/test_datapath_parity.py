@@ -1025,3 +1025,243 @@ def test_time_wait_deadlines_follow_entry_and_restart(twin):
     assert twin.deadline() == pytest.approx(start + 3.0)
     twin.timers(start + 3.3)
     assert twin.py.dp.stats()["dp.time_wait_ended"] == 3 and twin.deadline() is None
+
+
+# ---------------------------------------------------------------------- handshake (SYN_RECEIVED installs)
+
+
+def handshake_tcb(**kw) -> dict:
+    """A passive open whose SYN-ACK (ISS 1000) is out: only our SYN outstanding,
+    no RTT sample yet (netstack's initial RTO), the guest's window not known."""
+    base = dict(snd_una=1000, snd_nxt=1001, snd_max=1001, snd_wnd=0, max_snd_wnd=0, snd_wl1=0, snd_wl2=0,
+                srtt=-1.0, rttvar=0.0, rto=1.0)  # fmt: skip
+    base.update(kw)
+    return base_tcb(**base)
+
+
+def in_handshake(twin, flow=1, **kw):
+    twin.add_tcp(flow, tcb=handshake_tcb(), state="SYN_RECEIVED", **kw)
+    g = GuestTcp(**{k: v for k, v in kw.items() if k in ("guest", "gport", "remote", "rport")})
+    g.tsecr = int(twin.now * 1000) + 100000  # our SYN-ACK's TSval, echoed
+    return g
+
+
+def test_the_guests_ack_of_our_syn_ack_completes_the_handshake_here(twin):
+    g = in_handshake(twin)
+    assert twin.deadline() == pytest.approx(twin.now + 1.0), "netstack's SYN-ACK retransmission timer"
+    twin.now += 0.03
+    items, frames = twin.guest(g.frame(ACK | PSH, b"first request"))
+    assert items == [], "neither the ACK nor the data goes up"
+    assert twin.settle(1) == b"first request"
+    (a,) = acks(frames)
+    assert a["ack"] == 5001 + 13 and a["seq"] == 1001
+    assert twin.deadline() is None, "the retransmission timer stopped"
+    e = twin.eject(1)
+    assert e.state == "ESTABLISHED" and e.send_bytes == b""
+    t = e.tcb
+    assert (t["snd_una"], t["snd_nxt"], t["snd_max"]) == (1001, 1001, 1001)
+    assert t["snd_wnd"] == t["max_snd_wnd"] == 65535 << 7 and (t["snd_wl1"], t["snd_wl2"]) == (5001, 1001)
+    assert t["srtt"] == pytest.approx(0.03) and t["rto"] == pytest.approx(0.2), "RTT from the echoed TSval"
+    assert t["ts_recent"] == 1000 and t["rcv_nxt"] == 5014
+
+
+def test_host_data_waits_for_the_end_of_the_handshake(twin):
+    g = in_handshake(twin)
+    items, frames = twin.host_send(1, b"banner first")
+    assert items == [] and frames == [], "nothing but our SYN-ACK may be out before the guest's ACK"
+    items, frames = twin.guest(g.frame(ACK))
+    assert items == []
+    (d,) = data(frames)
+    assert d["payload"] == b"banner first" and d["seq"] == 1001 and d["ack"] == 5001
+    assert_valid(frames[0])
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["syn_again", "wrong_ack", "old_ack", "fin", "seq_ahead", "paws", "no_ack"],
+)
+def test_anything_but_the_exact_ack_goes_back_to_netstack(twin, what):
+    g = in_handshake(twin)
+    frame = {
+        "syn_again": lambda: g.frame(SYN, seq=5000, ack=0, mss=1460),
+        "wrong_ack": lambda: g.frame(ACK, ack=1005),
+        "old_ack": lambda: g.frame(ACK, ack=1000),
+        "fin": lambda: g.frame(ACK | FIN),
+        "seq_ahead": lambda: g.frame(ACK | PSH, b"x", seq=5003),
+        "paws": lambda: g.frame(ACK, tsval=500),
+        "no_ack": lambda: g.frame(PSH, b"x"),
+    }[what]()
+    items, frames = twin.guest(frame)
+    assert frames == []
+    assert [type(i) for i in items] == [Ejected, Frame] and items[1] == Frame(frame)
+    e = items[0]
+    assert (e.reason, e.state, e.send_bytes, e.host_eof) == ("segment", "SYN_RECEIVED", b"", False)
+    assert (e.tcb["snd_una"], e.tcb["snd_max"], e.tcb["ts_recent"]) == (1000, 1001, 777), "nothing moved"
+    assert not twin.py.dp.owns(1)
+
+
+def test_exact_rst_in_the_handshake_closes_with_reset(twin):
+    g = in_handshake(twin)
+    items, frames = twin.guest(g.frame(RST, ack=0))
+    assert items == [Closed(1, "reset", 0)] and frames == []
+
+
+def test_unanswered_syn_ack_goes_back_to_netstack_to_be_resent(twin):
+    g = in_handshake(twin)
+    twin.host_send(1, b"meanwhile")
+    items, frames = twin.timers(twin.deadline())
+    assert frames == [], "the datapath does not retransmit a SYN-ACK"
+    (e,) = items
+    assert (e.reason, e.state, e.send_bytes) == ("timeout", "SYN_RECEIVED", b"")
+    assert e.tcb["rto"] == 1.0 and e.tcb["snd_max"] == 1001
+    assert twin.py.dp.stats()["dp.rto_expiries"] == 1
+    assert twin.deadline() is None and not twin.py.dp.owns(1)
+    del g
+
+
+def test_handshake_install_checks(twin):
+    for s in twin.sides:
+        with pytest.raises(ValueError):
+            s.add_tcp(1, tcb=handshake_tcb(snd_una=1001), state="SYN_RECEIVED")  # no SYN outstanding
+        with pytest.raises(ValueError):
+            s.add_tcp(2, gport=41000, tcb=handshake_tcb(snd_max=1002, snd_nxt=1002), state="SYN_RECEIVED")
+        with pytest.raises(ValueError):
+            s.add_tcp(3, gport=42000, state="CLOSE_WAIT")  # only ESTABLISHED and SYN_RECEIVED
+        with pytest.raises(ValueError):
+            s.add_tcp(4, gport=43000, tcb=handshake_tcb(), state="ESTABLISHED")  # data in flight
+
+
+def test_handshake_ipv6_and_without_timestamps(twin):
+    twin.add_tcp(1, v6=True, tcb=handshake_tcb(ts_ok=False, rto=1.0), state="SYN_RECEIVED")
+    g = GuestTcp(guest=GUEST6, remote=GATEWAY6, ts=False)
+    twin.now += 0.05
+    items, frames = twin.guest(g.frame(ACK | PSH, b"v6"))
+    assert items == [] and twin.settle(1) == b"v6"
+    (a,) = acks(frames)
+    assert a["ack"] == 5003 and "ts" not in a
+    e = twin.eject(1)
+    assert e.tcb["rto"] == 1.0 and e.tcb["srtt"] == -1.0, "without timestamps the datapath keeps the RTO"
+
+
+# ---------------------------------------------------------------------- active opens (SYN_SENT installs)
+
+
+def syn_sent_tcb(**kw) -> dict:
+    """A port forward's SYN (ISS 1000) is out, offering MSS, WS 5 and TS: the
+    guest's side is unknown yet (irs, rcv_nxt, its window and scale, its MSS)."""
+    base = dict(snd_una=1000, snd_nxt=1001, snd_max=1001, irs=0, rcv_nxt=0, rcv_adv=0, snd_wnd=0, max_snd_wnd=0,
+                snd_wl1=0, snd_wl2=0, snd_wscale=0, rcv_wscale=5, mss=536, ts_ok=True, ts_recent=0,
+                srtt=-1.0, rttvar=0.0, rto=1.0)  # fmt: skip
+    base.update(kw)
+    return base_tcb(**base)
+
+
+def in_syn_sent(twin, flow=1, v6=False, **kw):
+    twin.add_tcp(flow, v6=v6, tcb=syn_sent_tcb(**kw), state="SYN_SENT")
+    g = GuestTcp(guest=GUEST6 if v6 else GUEST, remote=GATEWAY6 if v6 else GATEWAY, seq=9000, ack=1001)
+    g.tsval, g.tsecr = 5000, int(twin.now * 1000) + 100000
+    return g
+
+
+def syn_ack(g, **opts):
+    kw = dict(mss=1460, wscale=7)
+    kw.update(opts)
+    return g.frame(SYN | ACK, seq=9000, advance=False, **{k: v for k, v in kw.items() if v is not None})
+
+
+def test_the_guests_syn_ack_completes_an_active_open_here(twin):
+    g = in_syn_sent(twin)
+    assert twin.deadline() == pytest.approx(twin.now + 1.0), "netstack's SYN retransmission timer"
+    twin.now += 0.02
+    items, frames = twin.guest(syn_ack(g))
+    assert items == []
+    (a,) = acks(frames)
+    assert (a["flags"], a["seq"], a["ack"]) == (ACK, 1001, 9001)
+    assert a["ts"] == (int(twin.now * 1000) + 100000, 5000), "TS.Recent is the SYN-ACK's TSval"
+    assert_valid(frames[0])
+    assert twin.deadline() is None
+    # the first guest data goes through the fast path with the negotiated numbers
+    g.seq = 9001
+    items, frames = twin.guest(g.frame(ACK | PSH, b"hi"))
+    assert items == [] and twin.settle(1) == b"hi"
+    e = twin.eject(1)
+    t = e.tcb
+    assert e.state == "ESTABLISHED"
+    assert (t["irs"], t["rcv_nxt"], t["snd_una"], t["snd_wscale"], t["rcv_wscale"]) == (9000, 9003, 1001, 7, 5)
+    assert t["mss"] == 1460 and t["snd_wnd"] == 65535 << 7 and t["ts_recent"] == 5000
+    assert t["srtt"] == pytest.approx(0.02), "RTT from the echoed TSval"
+
+
+def test_host_data_waiting_rides_with_the_handshakes_ack(twin):
+    g = in_syn_sent(twin)
+    items, frames = twin.host_send(1, b"client spoke first")
+    assert items == [] and frames == [], "nothing but our SYN may be out before the SYN-ACK"
+    items, frames = twin.guest(syn_ack(g))
+    assert items == []
+    (d,) = data(frames)
+    assert (d["flags"], d["seq"], d["ack"], d["payload"]) == (ACK | PSH, 1001, 9001, b"client spoke first")
+    assert_valid(frames[0])
+
+
+@pytest.mark.parametrize("mss,v6,want", [(None, False, 536), (None, True, 1220), (50, False, 88), (9000, False, 1460),
+                                         (1000, True, 1000)])  # fmt: skip
+def test_the_mss_is_negotiated_as_netstack_does(twin, mss, v6, want):
+    g = in_syn_sent(twin, v6=v6)
+    items, _ = twin.guest(syn_ack(g, mss=mss))
+    assert items == []
+    assert twin.eject(1).tcb["mss"] == min(want, 1440 if v6 else 1460)
+
+
+@pytest.mark.parametrize(
+    "what", ["no_ts", "no_ws", "big_ws", "wrong_ack", "rst", "simultaneous", "payload", "psh", "bad_mss_len", "cut"]
+)
+def test_any_other_answer_to_our_syn_goes_back_to_netstack(twin, what):
+    g = in_syn_sent(twin)
+    if what == "no_ts":
+        frame = g.frame(SYN | ACK, seq=9000, advance=False, timestamp=None, mss=1460, wscale=7)
+    elif what == "no_ws":
+        frame = syn_ack(g, wscale=None)
+    elif what == "big_ws":
+        frame = syn_ack(g, wscale=15)
+    elif what == "wrong_ack":
+        frame = g.frame(SYN | ACK, seq=9000, ack=1002, advance=False, mss=1460, wscale=7)
+    elif what == "rst":
+        frame = g.frame(RST | ACK, seq=0, advance=False)
+    elif what == "simultaneous":
+        frame = g.frame(SYN, seq=9000, ack=0, advance=False, mss=1460, wscale=7)
+    elif what == "payload":
+        frame = g.frame(SYN | ACK, b"data on a SYN", seq=9000, advance=False, mss=1460, wscale=7)
+    elif what == "psh":
+        frame = g.frame(SYN | ACK | PSH, seq=9000, advance=False, mss=1460, wscale=7)
+    else:
+        buf = bytearray(syn_ack(g))
+        opts = 10 + 14 + 20 + 20  # vnet, Ethernet, IPv4, TCP header: the MSS option comes first
+        assert buf[opts] == 2 and buf[opts + 1] == 4
+        if what == "bad_mss_len":
+            buf[opts + 1] = 3
+        else:  # an option running past the header
+            buf[opts + 1] = 40
+        frame = bytes(buf)
+    items, frames = twin.guest(frame)
+    assert frames == []
+    assert [type(i) for i in items] == [Ejected, Frame] and items[1] == Frame(frame)
+    e = items[0]
+    assert (e.reason, e.state, e.send_bytes) == ("segment", "SYN_SENT", b"")
+    assert (e.tcb["irs"], e.tcb["rcv_nxt"], e.tcb["snd_una"]) == (0, 0, 1000), "nothing moved"
+
+
+def test_an_unanswered_syn_goes_back_to_netstack_to_be_resent(twin):
+    in_syn_sent(twin)
+    items, frames = twin.timers(twin.deadline())
+    assert frames == []
+    (e,) = items
+    assert (e.reason, e.state, e.send_bytes) == ("timeout", "SYN_SENT", b"")
+    assert not twin.py.dp.owns(1)
+
+
+def test_syn_sent_install_checks(twin):
+    for s in twin.sides:
+        with pytest.raises(ValueError):
+            s.add_tcp(1, tcb=syn_sent_tcb(ts_ok=False), state="SYN_SENT")  # timestamps must have been offered
+        with pytest.raises(ValueError):
+            s.add_tcp(2, gport=41000, tcb=syn_sent_tcb(snd_una=1001), state="SYN_SENT")

@@ -267,3 +267,27 @@ def test_a_connection_closes_in_the_thread():
         assert not side.dp.owns(1)
     finally:
         side.close()
+
+
+@pytest.mark.parametrize("rto", [0.1, 0.8], ids=["before_the_nap", "after_the_nap"])
+def test_a_handshake_timer_fires_in_time_whether_or_not_the_install_woke_the_thread(rto):
+    """An installed handshake arms a timer the sleeping thread did not know of:
+    earlier than its next wake-up, the install kicks it; otherwise (its RTO
+    beyond the thread's nap while connections are being opened) it is
+    found when the thread wakes.  Either way the SYN-ACK's time-out comes on
+    time, with nothing else happening."""
+    side = threaded_side()
+    try:
+        time.sleep(0.05)  # the thread is asleep, with no deadline
+        now = time.monotonic()
+        tcb = base_tcb(snd_una=1000, srtt=-1.0, rttvar=0.0, rto=rto)
+        side.add_tcp(1, tcb=tcb, state="SYN_RECEIVED", now=now)
+        side.add_tcp(2, gport=40002, tcb=base_tcb(snd_una=1000, srtt=-1.0, rttvar=0.0, rto=rto + 0.3),
+                     state="SYN_RECEIVED", now=time.monotonic())  # fmt: skip
+        items = take_until(side, 2, timeout=rto + 2.0)
+        took = time.monotonic() - now
+        assert [(i.flow, i.reason, i.state) for i in items] == [(1, "timeout", "SYN_RECEIVED"),
+                                                              (2, "timeout", "SYN_RECEIVED")]  # fmt: skip
+        assert rto + 0.3 <= took < rto + 0.3 + 0.25, took
+    finally:
+        side.close()

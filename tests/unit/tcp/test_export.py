@@ -8,7 +8,18 @@ from netstack.actions import CloseTcp, ReadTcp, SendTcp, ShutdownTcp
 from netstack.events import TcpHostEof, TcpReceived, TcpSent, TcpWritable
 from netstack.tcp import Disposition, EndpointExport, State, Tcb
 
-from .helpers import ACK, FIN, PSH, Harness, host_read, open_close_wait, open_established
+from .helpers import (
+    ACK,
+    FIN,
+    PSH,
+    SYN,
+    Harness,
+    host_read,
+    open_close_wait,
+    open_established,
+    open_syn_received,
+    open_syn_sent,
+)
 from .sim import Sim
 
 M = 0xFFFFFFFF
@@ -296,3 +307,95 @@ def test_import_in_fin_wait_1_and_closing():
         assert c.ep.state is state
         c.send(ACK, ack=(fin_seq + 1) & M)
         assert c.ep.state is (State.FIN_WAIT_2 if state is State.FIN_WAIT_1 else State.TIME_WAIT)
+
+
+# ---------------------------------------------------------------- handshakes (SYN_RECEIVED)
+
+
+def test_a_first_syn_ack_can_be_parked_and_comes_back_unfinished():
+    h = Harness()
+    c = open_syn_received(h, timestamp=(4000, 0))
+    assert c.flow in h.layer.offload_ready and c.ep.offloadable()
+    deadline = h.layer.next_deadline()
+    exp = h.layer.park(c.flow)
+    assert exp.state is State.SYN_RECEIVED and exp.send_bytes == b"" and exp.to_host == b""
+    assert (sub := (exp.tcb["snd_max"] - exp.tcb["snd_una"]) & M) == 1, sub
+    assert exp.tcb["cwnd"] == h.config.initial_cwnd_segments * (1460 - 12), "ESTABLISHED's start"
+    assert c.ep.tcb.cwnd == 0, "the endpoint's own TCB is untouched"
+    assert h.layer.next_deadline() is None
+    h.layer.resume(h.now, c.flow, exp)
+    assert c.ep.state is State.SYN_RECEIVED and not c.ep.parked
+    assert h.layer.next_deadline() == deadline, "the SYN-ACK's retransmission timer, as it was"
+    h.run_until(deadline)
+    again = c.expect(SYN | ACK)
+    assert again.header.seq == c.synack.header.seq
+    assert not c.ep.can_export(), "after a retransmission the handshake stays here"
+    c.send(ACK)
+    assert c.ep.state is State.ESTABLISHED
+
+
+def test_a_handshake_finished_elsewhere_is_imported_established():
+    h = Harness()
+    c = open_syn_received(h, timestamp=(4000, 0))
+    exp = h.layer.park(c.flow)
+    tcb = dict(exp.tcb, snd_una=exp.tcb["snd_max"], snd_wnd=65535, max_snd_wnd=65535)
+    h.layer.resume(h.now, c.flow, dataclasses.replace(exp, tcb=tcb, state=State.ESTABLISHED))
+    assert c.ep.state is State.ESTABLISHED and not c.ep.parked
+    assert h.layer.next_deadline() is None, "nothing outstanding, no timer"
+    (read,) = h.actions()
+    assert isinstance(read, ReadTcp) and read.credit > 0, "the edge reads the host socket from now on"
+    host_read(h, c, b"hello")
+    s = c.expect(ACK | PSH, b"hello")
+    assert s.header.seq == tcb["snd_una"]
+
+
+def test_handshake_imports_are_checked():
+    h = Harness()
+    c = open_syn_received(h)
+    exp = h.layer.park(c.flow)
+    for bad in (dict(exp.tcb, snd_una=exp.tcb["snd_max"]), dict(exp.tcb, snd_nxt=exp.tcb["snd_una"])):
+        with pytest.raises(ValueError):
+            c.ep.import_(h.now, dataclasses.replace(exp, tcb=bad))
+    with pytest.raises(ValueError):
+        c.ep.import_(h.now, dataclasses.replace(exp, send_bytes=b"x"))
+    h.layer.resume(h.now, c.flow, exp)
+    with pytest.raises(ValueError):  # not exported any more
+        c.ep.import_(h.now, exp)
+    with pytest.raises(ValueError):
+        c.ep.import_(h.now, dataclasses.replace(exp, state=State.ESTABLISHED))
+
+
+def test_a_first_syn_can_be_parked_with_what_it_offered_and_comes_back_unfinished():
+    h = Harness()
+    c = open_syn_sent(h)
+    own = c.ep.tcb.to_dict()
+    assert c.flow in h.layer.offload_ready
+    deadline = h.layer.next_deadline()
+    exp = h.layer.park(c.flow)
+    assert exp.state is State.SYN_SENT and exp.send_bytes == b""
+    assert exp.tcb["ts_ok"] is True and exp.tcb["rcv_wscale"] == h.config.rcv_wscale, "what the SYN offered"
+    h.layer.resume(h.now, c.flow, exp)
+    assert c.ep.state is State.SYN_SENT and c.ep.tcb.to_dict() == own, "our own TCB, not the export's"
+    assert h.layer.next_deadline() == deadline
+    h.run_until(deadline)
+    again = c.expect(SYN)
+    assert again.header.seq == own["iss"] and not c.ep.can_export()
+
+
+def test_an_active_open_without_timestamps_is_not_exported_early():
+    h = Harness(timestamps=False)
+    c = open_syn_sent(h)
+    assert not c.ep.can_export() and h.layer.park(c.flow) is None
+
+
+def test_an_active_open_finished_elsewhere_is_imported_established():
+    h = Harness()
+    c = open_syn_sent(h)
+    exp = h.layer.park(c.flow)
+    una = (exp.tcb["iss"] + 1) & M
+    tcb = dict(exp.tcb, snd_una=una, irs=9000, rcv_nxt=9001, rcv_adv=9001, snd_wscale=7, mss=1400,
+               snd_wnd=65535, max_snd_wnd=65535, ts_recent=55)  # fmt: skip
+    h.layer.resume(h.now, c.flow, dataclasses.replace(exp, tcb=tcb, state=State.ESTABLISHED))
+    assert c.ep.state is State.ESTABLISHED and c.ep.tcb.mss == 1400 and c.ep.tcb.rcv_nxt == 9001
+    reads = [a for a in h.actions() if isinstance(a, ReadTcp)]
+    assert len(reads) == 1 and reads[0].credit > 0, "the edge reads the host socket from now on"
