@@ -696,7 +696,8 @@ static void send_rst(struct sn_dp *dp, struct flow *f)
 /* The host socket failed: RST to the guest, the flow ends. */
 static void host_reset(struct sn_dp *dp, struct flow *f, int err)
 {
-    send_rst(dp, f);
+    if (f->state != SN_DP_SYN_SENT) /* no RST for a SYN the guest has not answered (RFC 9293 ABORT) */
+        send_rst(dp, f);
     close_flow(dp, f, SN_DP_HOW_HOST_RESET, err);
 }
 
@@ -859,6 +860,13 @@ static void handshake_done(struct sn_dp *dp, struct flow *f, uint32_t seq, uint3
         uint32_t ms = ts_now(f, now) - tsecr;
         if (ms < HALF)
             rtt_sample(f, (double)ms / 1000.0);
+    } else if (!t->ts_ok && f->timer == T_RTX) {
+        /* no timestamps: the SYN-ACK went out when its timer was armed (at
+         * the install, never retransmitted here: a retransmitted SYN ejects),
+         * so the sample is unambiguous (Karn), as netstack's would be */
+        double sent = f->timer_at - t->rto;
+        if (now >= sent)
+            rtt_sample(f, now - sent);
     }
     t->snd_una = ack;
     t->snd_wnd = t->max_snd_wnd = wnd;
@@ -930,10 +938,12 @@ static void syn_sent_segment(struct sn_dp *dp, struct flow *f, const uint8_t *b,
     t->ts_recent = tsval;
     t->ts_recent_at = now;
     t->snd_wscale = (uint32_t)ws;
+    int64_t initial_segments = t->cwnd / (int64_t)(f->our_mss - 12); /* the export's: IW full-size segments */
     t->mss = want < f->our_mss ? want : f->our_mss;
     if (t->mss < MIN_MSS)
         t->mss = MIN_MSS;
     derive_mss(f);
+    t->cwnd = initial_segments * f->eff_mss; /* RFC 6928, in the negotiated MSS (netstack's _established) */
     t->snd_wnd = t->max_snd_wnd = rd16(th + 14); /* never scaled in a SYN (RFC 7323 §2.2) */
     t->snd_wl1 = seq;
     t->snd_wl2 = ack;

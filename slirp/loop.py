@@ -443,7 +443,7 @@ class Driver:
             offload = self.offload
             for _ in range(FLUSH_ROUNDS):
                 if offload is not None:
-                    offload.install_handshakes(self.loop.time())
+                    offload.install_handshakes(clock())
                 self._write_frames(stack.take_frames())
                 actions = stack.take_actions()
                 for action in actions:
@@ -459,7 +459,7 @@ class Driver:
             else:
                 self.loop.call_soon(self.flush)  # more to do: yield to other fds first
             if offload is not None:
-                offload.install_handshakes(self.loop.time())
+                offload.install_handshakes(clock())
             self._write_frames(stack.take_frames())
             if self.offload is not None:
                 self.offload.install_ready(clock())

@@ -191,8 +191,9 @@ the guest's answer finds the flow here: snd_una + 1 == snd_nxt == snd_max
 ``now`` + rto.  A segment the fast path takes (flags, options and checksum as
 above) that is exactly the guest's ACK of it — SEG.SEQ = rcv_nxt, SEG.ACK =
 snd_max, no FIN, passing PAWS — completes the handshake as netstack's
-SYN_RECEIVED rule does: RTT sampled from a non-zero TSecr (a flow without
-timestamps keeps its RTO), snd_una = SEG.ACK, snd_wnd = max_snd_wnd = the
+SYN_RECEIVED rule does: RTT sampled from a non-zero TSecr (without
+timestamps: the time since the timer was armed, our SYN-ACK never having
+been retransmitted here — Karn), snd_una = SEG.ACK, snd_wnd = max_snd_wnd = the
 scaled window, snd_wl1/snd_wl2 = SEG.SEQ/SEG.ACK, timer stopped →
 ESTABLISHED; the segment then goes on through rules 1–3 (its payload goes
 to the host).  Any other segment: Ejected(segment) + Frame (a retransmitted
@@ -212,7 +213,9 @@ with MSS length 4, WS length 3, TS length 10, other kinds skipped by their
 length ≥ 2 within the header) carrying WS (shift ≤ 14) and TS: irs =
 SEG.SEQ, rcv_nxt = rcv_adv = SEG.SEQ + 1, TS.Recent = its TSval,
 snd_wscale = its shift, mss = max(88, min(our MSS, its MSS option or 536
-(IPv4) / 1220 (IPv6))) — netstack's _negotiate —, snd_wnd = max_snd_wnd =
+(IPv4) / 1220 (IPv6))) — netstack's _negotiate —, cwnd = as many segments
+of the negotiated MSS as the TCB's cwnd held of ours (RFC 6928's initial
+window, netstack's _established), snd_wnd = max_snd_wnd =
 the window field unscaled (RFC 7323 §2.2), snd_wl1/snd_wl2 = SEG.SEQ/SEG.ACK,
 RTT from a non-zero TSecr, snd_una = SEG.ACK, timer stopped → ESTABLISHED;
 our ACK is pending (it rides on the first data frame when host data waits).
@@ -243,7 +246,8 @@ path takes exactly ACK, ACK|PSH, and those with FIN, plus RST):
   Closed(reset), or Closed(fin) in CLOSING/LAST_ACK when only our FIN was
   unacknowledged;
 * a failed host socket (send, peek, EPOLLERR with SO_ERROR): RST|ACK
-  <SEQ=SND.NXT, ACK=RCV.NXT>, window 0, no options, to the guest;
+  <SEQ=SND.NXT, ACK=RCV.NXT>, window 0, no options, to the guest (in
+  SYN_SENT nothing: the guest has not answered our SYN, RFC 9293 ABORT);
   Closed(host_reset, errno).
 
 Frames toward the guest: vnet header as netstack/frames.py builds it

@@ -851,8 +851,10 @@ class PythonDatapath:
         f.rcv_nxt = f.rcv_adv = (seq + 1) & MASK
         f.ts_recent, f.ts_recent_at = tsval, now
         f.snd_wscale = ws
+        initial_segments = f.cwnd // (f.our_mss - 12)  # the export's cwnd is IW full-size segments
         f.mss = max(MIN_MSS, min(f.our_mss, want))
         self._derive_mss(f)
+        f.cwnd = initial_segments * f.eff_mss  # RFC 6928, in the negotiated MSS (netstack's _established)
         f.snd_wnd = f.max_snd_wnd = (b[l4 + 14] << 8) | b[l4 + 15]  # never scaled in a SYN (RFC 7323 §2.2)
         f.snd_wl1, f.snd_wl2 = seq, ack
         if tsecr:
@@ -875,6 +877,13 @@ class PythonDatapath:
             ms = _sub(self._ts_now(f, now), tsecr)
             if ms < HALF:
                 self._rtt_sample(f, ms / 1000.0)
+        elif not f.ts_ok and f.timer == T_RTX:
+            # no timestamps: the SYN-ACK went out when its timer was armed (at
+            # the install, never retransmitted here: a retransmitted SYN ejects),
+            # so the sample is unambiguous (Karn), as netstack's would be
+            sent = f.timer_at - f.rto
+            if now >= sent:
+                self._rtt_sample(f, now - sent)
         f.snd_una = ack
         f.snd_wnd = f.max_snd_wnd = wnd
         f.snd_wl1, f.snd_wl2 = seq, ack
@@ -1214,7 +1223,8 @@ class PythonDatapath:
 
     def _host_reset(self, f: _Tcp, err: int) -> None:
         """The host socket failed: RST to the guest, the flow ends."""
-        self._send_rst(f)
+        if f.state != SYN_SENT:  # no RST for a SYN the guest has not answered (RFC 9293 ABORT)
+            self._send_rst(f)
         self._close_flow(f, "host_reset", err)
 
     def _send_fin(self, f: _Tcp, now: float) -> None:

@@ -1140,7 +1140,8 @@ def test_handshake_ipv6_and_without_timestamps(twin):
     (a,) = acks(frames)
     assert a["ack"] == 5003 and "ts" not in a
     e = twin.eject(1)
-    assert e.tcb["rto"] == 1.0 and e.tcb["srtt"] == -1.0, "without timestamps the datapath keeps the RTO"
+    assert e.tcb["srtt"] == pytest.approx(0.05), "without timestamps: a Karn sample since the install"
+    assert e.tcb["rto"] == pytest.approx(0.2)
 
 
 # ---------------------------------------------------------------------- active opens (SYN_SENT installs)
@@ -1190,6 +1191,27 @@ def test_the_guests_syn_ack_completes_an_active_open_here(twin):
     assert (t["irs"], t["rcv_nxt"], t["snd_una"], t["snd_wscale"], t["rcv_wscale"]) == (9000, 9003, 1001, 7, 5)
     assert t["mss"] == 1460 and t["snd_wnd"] == 65535 << 7 and t["ts_recent"] == 5000
     assert t["srtt"] == pytest.approx(0.02), "RTT from the echoed TSval"
+
+
+def test_an_active_opens_initial_window_follows_the_negotiated_mss(twin):
+    """netstack's export gives IW full-size segments of our MSS; a guest that
+    answers with a smaller MSS gets IW segments of its MSS (RFC 6928)."""
+    our_eff = 1460 - 12
+    g = in_syn_sent(twin, cwnd=10 * our_eff)
+    items, _ = twin.guest(syn_ack(g, mss=536))
+    assert items == []
+    t = twin.eject(1).tcb
+    assert t["mss"] == 536 and t["cwnd"] == 10 * (536 - 12)
+
+
+def test_a_host_reset_before_the_syn_ack_sends_the_guest_nothing(twin):
+    in_syn_sent(twin)
+    for s in twin.sides:
+        s.conns[1].peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.conns[1].peer.close()
+    items, frames = twin.host(wait=True)
+    assert items == [Closed(1, "host_reset", errno.ECONNRESET)]
+    assert frames == [], "no RST for a SYN the guest has not answered (netstack's rule)"
 
 
 def test_host_data_waiting_rides_with_the_handshakes_ack(twin):
