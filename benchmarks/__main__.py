@@ -52,6 +52,9 @@ def parse_args(argv):
                         "directions (out, in), kind-direction (tcp-in, rr6-out) or families (ipv4, ipv6)")
     p.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
     p.add_argument("--tcp-seconds", type=float, help="iperf3 -t for TCP and UDP, IPv6 too (default 3; IPv6: 2)")
+    p.add_argument("--udp-rate", default=metrics.UDP_RATE,
+                   help="iperf3 -b for UDP (default %(default)s; 0: as fast as the guest can send, "
+                        "to find a carrier's capacity)")
     p.add_argument("--out-dir", type=pathlib.Path, default=RESULTS_DIR, help="where results go (%(default)s)")
     p.add_argument("--readme", action="store_true",
                    help="also write results/readme.{json,md,png} and replace the table block in README.md")
@@ -248,6 +251,7 @@ def main(argv=None) -> int:
     durations = QUICK_DURATIONS if args.quick else metrics.Durations()
     if args.tcp_seconds:
         durations.tcp_s = durations.udp_s = durations.tcp6_s = args.tcp_seconds
+    metrics.UDP_RATE = args.udp_rate  # read by every UDP measurement of this run
 
     nofile = raise_nofile_limit()
     for sig in (signal.SIGTERM, signal.SIGHUP):

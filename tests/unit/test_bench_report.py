@@ -306,3 +306,10 @@ def test_plot_panels_follow_the_metrics_the_run_produced():
         "TCP throughput out (Gbit/s)", "Helper CPU (s per GB)", "IPv6 TCP throughput (Gbit/s)",
         "IPv6 request/response median (µs)"]
     assert not any("IPv6" in t for t, _ in plot.panels(_three_row_doc()))
+
+
+def test_udp_rate_option():
+    from benchmarks.__main__ import parse_args
+
+    assert parse_args([]).udp_rate == "1G"
+    assert parse_args(["--udp-rate", "0"]).udp_rate == "0"
