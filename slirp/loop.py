@@ -86,6 +86,8 @@ class Driver:
         self.hostsocks = HostSockets(self, cfg.outbound4, cfg.outbound6)
         self.resolv_conf = ResolvConf(cfg.resolv_conf)
         self.offload = make_offload(self, cfg, tap_fd)
+        if self.offload is None:
+            self.stack.tcp.offload_ready = None  # no datapath to hand flows to
         self.forwards = ForwardRegistry(cfg.plan, host=self, counters=self.counters, enable_ipv6=cfg.enable_ipv6)
         self.api = None  # an ApiServer once open_api() succeeded
         self.handlers = {

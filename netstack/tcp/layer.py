@@ -120,8 +120,9 @@ class TcpLayer:
         self._limiter = ChallengeLimiter(self.config.challenge_acks_per_s)
         self._quotes: dict[int, tuple[bytes, bytes | None]] = {}  # flow id -> SYN quote while CONNECTING
         # Flows that just became offloadable (ESTABLISHED, idle): the edge may
-        # park them for a datapath.  Cleared by whoever reads it.
-        self.offload_ready: set[int] = set()
+        # park them for a datapath.  Cleared by whoever reads it; an edge
+        # without a datapath sets it to None (nobody would ever clear it).
+        self.offload_ready: set[int] | None = set()
         # Segments dropped because their flow was parked (``tcp.rx_parked``):
         # the owner compares it across a frame to hand such a segment on.
         self.parked_drops = 0
@@ -208,7 +209,9 @@ class TcpLayer:
             self._quotes.pop(flow.id, None)
         if st is State.TIME_WAIT and not flow.evictable:
             table.set_evictable(flow, True)
-        elif st in _OFFLOADABLE_STATES and not ep.parked and ep.offloadable():
+        elif (
+            self.offload_ready is not None and st in _OFFLOADABLE_STATES and not ep.parked and ep.offloadable()
+        ):  # fmt: skip
             self.offload_ready.add(flow.id)
         table.set_deadline(flow, ep.deadline())
         table.touch(flow, now)

@@ -312,6 +312,15 @@ def test_import_in_fin_wait_1_and_closing():
 # ---------------------------------------------------------------- handshakes (SYN_RECEIVED)
 
 
+def test_without_a_datapath_nothing_collects_offloadable_flows():
+    """An edge with no datapath sets offload_ready to None: flows that become
+    offloadable are not remembered (the set would only ever grow)."""
+    h = Harness()
+    h.layer.offload_ready = None
+    c = open_syn_received(h, timestamp=(4000, 0))
+    assert c.ep.offloadable() and h.layer.offload_ready is None
+
+
 def test_a_first_syn_ack_can_be_parked_and_comes_back_unfinished():
     h = Harness()
     c = open_syn_received(h, timestamp=(4000, 0))
