@@ -146,6 +146,10 @@ struct flow {
     int timer, retries, dupacks;
     double timer_at;
     uint8_t ack_pending, want_output, space_stale, watching_out, host_fin, kernel_peek;
+    /* the last peek found the end of the host's data (short, EAGAIN, or
+     * nothing beyond the flight) with the window open: an ACK alone then
+     * has nothing to send (new data is an edge-triggered event) */
+    uint8_t drained;
     /* closing (enum sn_dp_state): fin_seq valid once fin_sent; fd is -1 in
      * TIME_WAIT (the edge closed the socket; only re-ACKs are left) */
     uint8_t state, host_eof, fin_sent, tlist;
@@ -796,7 +800,8 @@ static int new_ack(struct sn_dp *dp, struct flow *f, uint32_t ack, uint32_t tsec
     } else {
         timer_set(dp, f, T_RTX, now + t->rto);
     }
-    f->want_output = 1;
+    if (!f->drained || f->host_fin || f->host_eof || f->fin_sent)
+        f->want_output = 1;
     if (fin_acked) {
         if (f->state == SN_DP_FIN_WAIT_1) {
             f->state = SN_DP_FIN_WAIT_2;
@@ -1140,6 +1145,7 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
 {
     struct sn_tcb *t = &f->t;
     uint8_t *pay = dp->tx + f->l4off + f->tcp_hlen;
+    f->drained = 0;
     if (f->fin_sent) {
         /* every byte was acknowledged before our FIN: only it can be due again */
         if (t->snd_nxt == f->fin_seq)
@@ -1171,13 +1177,17 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
             while (r < 0 && errno == EINTR);
             if (r >= 0) {
                 r -= off;
-                if (r <= 0)
+                if (r <= 0) {
+                    f->drained = 1;
                     break; /* nothing beyond the flight (EOF shows once the flight is acked) */
+                }
             }
         }
         if (r < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                f->drained = 1;
                 break;
+            }
             host_reset(dp, f, errno);
             return 0;
         }
@@ -1195,8 +1205,10 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
         if (f->timer != T_RTX)
             timer_set(dp, f, T_RTX, now + t->rto);
         f->ack_pending = 0;
-        if (r < n && !f->host_fin)
+        if (r < n && !f->host_fin) {
+            f->drained = 1;
             break;
+        }
     }
     if (t->snd_wnd == 0 && t->snd_max == t->snd_una && f->timer == T_NONE && host_waiting(f))
         timer_set(dp, f, T_PERSIST, now + t->rto);

@@ -174,7 +174,12 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
    headers), build one frame (ACK|PSH, gso_size = MSS − 12 with timestamps,
    NEEDS_CSUM) and write it.  A short peek ends the round unless the host
    has shut down its side (EPOLLRDHUP seen), when peeking goes on to find
-   the end.  Peek returns 0: the host's EOF (the fallback sees it only once
+   the end.  A round that ended at the end of the host's data (a short
+   peek, EAGAIN, or nothing beyond the flight) leaves the flow drained: an
+   ACK then only drops the acknowledged bytes and peeks no further (nothing
+   new can be there without an event), unless the host's EOF or FIN is
+   involved; a changed window, a host event or a retransmission still
+   start a round.  Peek returns 0: the host's EOF (the fallback sees it only once
    nothing is in flight), see "Closing".  Host sockets are watched edge-triggered
    (EPOLLIN|EPOLLRDHUP|EPOLLET): new host data is an event; data that waits
    for the guest's window is picked up by the ACK that opens it.  Closed
