@@ -51,6 +51,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/errqueue.h>  /* after <time.h>: it uses struct timespec */
@@ -102,6 +103,19 @@
  * wake-up each. */
 #define NAP_S 0.5
 #define CHURN_S 5.0
+/* After a batch that moved something the thread polls (epoll_wait with a
+ * zero timeout) for up to SPIN_S before it sleeps: the host's reply to a
+ * request it just forwarded, or the guest's next request, is then picked up
+ * without a sleep and a wake-up (request/response latency).  A wake-up that
+ * found only timers or the wake eventfd does not spin, so an idle thread
+ * sleeps; SPIN_YIELD gives the CPU away between polls. */
+#ifndef SPIN_US
+#define SPIN_US 30
+#endif
+#ifndef SPIN_YIELD
+#define SPIN_YIELD 1
+#endif
+#define SPIN_S (SPIN_US * 1e-6)
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
 /* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
 #define FRAME_RECS_MAX (2 * sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + TAP_BUF_LEN + 16)
@@ -2318,6 +2332,7 @@ static void *dp_main(void *arg)
 {
     struct sn_dp *dp = arg;
     struct epoll_event evs[SN_DP_HOST_EVENTS_MAX];
+    int spin = 0; /* the last batch had TAP or host socket events */
     lock(dp);
     while (!dp->stop) {
         double now = mono_now();
@@ -2338,8 +2353,18 @@ static void *dp_main(void *arg)
             struct pollfd p = {.fd = dp->wake_efd, .events = POLLIN};
             n = poll(&p, 1, -1);
         } else {
-            n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, timeout);
+            n = 0;
+            if (spin && timeout != 0) {
+                /* poll a little before sleeping (see SPIN_S) */
+                double until = now + SPIN_S;
+                while ((n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, 0)) == 0 && mono_now() < until)
+                    if (SPIN_YIELD)
+                        sched_yield();
+            }
+            if (n == 0)
+                n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, timeout);
         }
+        spin = 0;
         lock(dp);
         dp->sleep_until = -2.0;
         if (n < 0) {
@@ -2370,7 +2395,10 @@ static void *dp_main(void *arg)
                 tap = 1;
             else if (tag == TAG_WAKE)
                 efd_drain(dp->wake_efd);
+            else
+                spin = 1; /* a host socket */
         }
+        spin |= tap;
         if (tap) {
             int err = tap_batch(dp, now);
             if (err && err != ENOBUFS && err != ENOMEM) {

@@ -79,7 +79,12 @@ The queue is bounded (SN_DP_QUEUE_CAP bytes of records): when it is nearly
 full the thread reads nothing until the edge took it (``dp.queue_stalls``;
 never a silent drop — ``dp.records_lost`` stays 0).  Every call takes the
 datapath's mutex, which the thread holds only while it handles one batch;
-the ``now`` passed to a call is ignored then.  Start it only once the
+the ``now`` passed to a call is ignored then.  After a batch with TAP or
+host-socket events the thread polls (epoll_wait with a zero timeout,
+sched_yield between polls) for up to SPIN_US (30 µs) before it sleeps, so
+a request/response exchange does not pay a sleep and a wake-up per
+message; a wake-up by a timer or by the edge alone does not poll, so an
+idle thread sleeps.  Start it only once the
 process is confined (it inherits the seccomp filter; the sandbox needs a
 single-threaded process); ``close()`` stops and joins it before anything is
 freed.  The Python twin has no thread (``threaded`` is always False).
