@@ -103,12 +103,14 @@
  * wake-up each. */
 #define NAP_S 0.5
 #define CHURN_S 5.0
-/* After a batch that moved something the thread polls (epoll_wait with a
- * zero timeout) for up to SPIN_S before it sleeps: the host's reply to a
- * request it just forwarded, or the guest's next request, is then picked up
- * without a sleep and a wake-up (request/response latency).  A wake-up that
- * found only timers or the wake eventfd does not spin, so an idle thread
- * sleeps; SPIN_YIELD gives the CPU away between polls. */
+/* After a small batch (TAP or host-socket events that moved some payload:
+ * less than SPIN_SMALL bytes of TCP, at most two UDP datagrams) the thread polls
+ * (epoll_wait with a zero timeout) for up to SPIN_S before it sleeps: the
+ * host's reply to a request it just forwarded, or the guest's next request,
+ * is then picked up without a sleep and a wake-up (request/response
+ * latency).  Bulk batches and the bare ACKs or EPOLLOUTs between them do
+ * not spin (bulk throughput and CPU stay as they were), a wake-up that found
+ * only timers or the wake eventfd does not spin, so an idle thread sleeps; SPIN_YIELD gives the CPU away between polls. */
 #ifndef SPIN_US
 #define SPIN_US 30
 #endif
@@ -116,6 +118,7 @@
 #define SPIN_YIELD 1
 #endif
 #define SPIN_S (SPIN_US * 1e-6)
+#define SPIN_SMALL 4096
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
 /* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
 #define FRAME_RECS_MAX (2 * sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + TAP_BUF_LEN + 16)
@@ -2332,7 +2335,7 @@ static void *dp_main(void *arg)
 {
     struct sn_dp *dp = arg;
     struct epoll_event evs[SN_DP_HOST_EVENTS_MAX];
-    int spin = 0; /* the last batch had TAP or host socket events */
+    int spin = 0; /* the last batch was a small one (see SPIN_S) */
     lock(dp);
     while (!dp->stop) {
         double now = mono_now();
@@ -2387,6 +2390,8 @@ static void *dp_main(void *arg)
         }
         now = call_now(dp, now);
         size_t before = dp->qlen;
+        uint64_t tcp0 = dp->stats[SN_DP_S_TCP_TO_HOST_BYTES] + dp->stats[SN_DP_S_TCP_TO_GUEST_BYTES];
+        uint64_t udp0 = dp->stats[SN_DP_S_UDP_TO_HOST] + dp->stats[SN_DP_S_UDP_TO_GUEST];
         out_begin(dp, dp->queue + dp->qlen, QUEUE_CAP - dp->qlen);
         int tap = 0;
         for (int i = 0; i < n; i++) {
@@ -2414,6 +2419,11 @@ static void *dp_main(void *arg)
         host_events(dp, evs, n, now);
         if (dl >= 0 && dl <= now)
             run_timers(dp, now);
+        if (spin) {
+            uint64_t tcp = dp->stats[SN_DP_S_TCP_TO_HOST_BYTES] + dp->stats[SN_DP_S_TCP_TO_GUEST_BYTES] - tcp0;
+            uint64_t udp = dp->stats[SN_DP_S_UDP_TO_HOST] + dp->stats[SN_DP_S_UDP_TO_GUEST] - udp0;
+            spin = (tcp > 0 || udp > 0) && tcp < SPIN_SMALL && udp <= 2;
+        }
         dp->qlen += dp->out.len;
         if (dp->qlen != before && !dp->notified) {
             dp->notified = 1;

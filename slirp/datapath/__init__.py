@@ -79,8 +79,9 @@ The queue is bounded (SN_DP_QUEUE_CAP bytes of records): when it is nearly
 full the thread reads nothing until the edge took it (``dp.queue_stalls``;
 never a silent drop — ``dp.records_lost`` stays 0).  Every call takes the
 datapath's mutex, which the thread holds only while it handles one batch;
-the ``now`` passed to a call is ignored then.  After a batch with TAP or
-host-socket events the thread polls (epoll_wait with a zero timeout,
+the ``now`` passed to a call is ignored then.  After a small batch with TAP
+or host-socket events (one that moved payload: less than 4 KiB of TCP, at
+most two UDP datagrams; not a bare ACK) the thread polls (epoll_wait with a zero timeout,
 sched_yield between polls) for up to SPIN_US (30 µs) before it sleeps, so
 a request/response exchange does not pay a sleep and a wake-up per
 message; a wake-up by a timer or by the edge alone does not poll, so an
