@@ -51,6 +51,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/errqueue.h>  /* after <time.h>: it uses struct timespec */
@@ -102,6 +103,22 @@
  * wake-up each. */
 #define NAP_S 0.5
 #define CHURN_S 5.0
+/* After a small batch (TAP or host-socket events that moved some payload:
+ * less than SPIN_SMALL bytes of TCP, at most two UDP datagrams) the thread polls
+ * (epoll_wait with a zero timeout) for up to SPIN_S before it sleeps: the
+ * host's reply to a request it just forwarded, or the guest's next request,
+ * is then picked up without a sleep and a wake-up (request/response
+ * latency).  Bulk batches and the bare ACKs or EPOLLOUTs between them do
+ * not spin (bulk throughput and CPU stay as they were), a wake-up that found
+ * only timers or the wake eventfd does not spin, so an idle thread sleeps; SPIN_YIELD gives the CPU away between polls. */
+#ifndef SPIN_US
+#define SPIN_US 30
+#endif
+#ifndef SPIN_YIELD
+#define SPIN_YIELD 1
+#endif
+#define SPIN_S (SPIN_US * 1e-6)
+#define SPIN_SMALL 4096
 #define EV_TCP_IN (EPOLLIN | EPOLLRDHUP | EPOLLET)
 /* Worst case of one TAP frame's records: an Ejected, then the frame itself. */
 #define FRAME_RECS_MAX (2 * sizeof(struct sn_dp_rec) + sizeof(struct sn_dp_ejected) + TAP_BUF_LEN + 16)
@@ -146,6 +163,10 @@ struct flow {
     int timer, retries, dupacks;
     double timer_at;
     uint8_t ack_pending, want_output, space_stale, watching_out, host_fin, kernel_peek;
+    /* the last peek found the end of the host's data (short, EAGAIN, or
+     * nothing beyond the flight) with the window open: an ACK alone then
+     * has nothing to send (new data is an edge-triggered event) */
+    uint8_t drained;
     /* closing (enum sn_dp_state): fin_seq valid once fin_sent; fd is -1 in
      * TIME_WAIT (the edge closed the socket; only re-ACKs are left) */
     uint8_t state, host_eof, fin_sent, tlist;
@@ -796,7 +817,8 @@ static int new_ack(struct sn_dp *dp, struct flow *f, uint32_t ack, uint32_t tsec
     } else {
         timer_set(dp, f, T_RTX, now + t->rto);
     }
-    f->want_output = 1;
+    if (!f->drained || f->host_fin || f->host_eof || f->fin_sent)
+        f->want_output = 1;
     if (fin_acked) {
         if (f->state == SN_DP_FIN_WAIT_1) {
             f->state = SN_DP_FIN_WAIT_2;
@@ -1140,6 +1162,7 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
 {
     struct sn_tcb *t = &f->t;
     uint8_t *pay = dp->tx + f->l4off + f->tcp_hlen;
+    f->drained = 0;
     if (f->fin_sent) {
         /* every byte was acknowledged before our FIN: only it can be due again */
         if (t->snd_nxt == f->fin_seq)
@@ -1171,13 +1194,17 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
             while (r < 0 && errno == EINTR);
             if (r >= 0) {
                 r -= off;
-                if (r <= 0)
+                if (r <= 0) {
+                    f->drained = 1;
                     break; /* nothing beyond the flight (EOF shows once the flight is acked) */
+                }
             }
         }
         if (r < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                f->drained = 1;
                 break;
+            }
             host_reset(dp, f, errno);
             return 0;
         }
@@ -1195,8 +1222,10 @@ static int output(struct sn_dp *dp, struct flow *f, double now)
         if (f->timer != T_RTX)
             timer_set(dp, f, T_RTX, now + t->rto);
         f->ack_pending = 0;
-        if (r < n && !f->host_fin)
+        if (r < n && !f->host_fin) {
+            f->drained = 1;
             break;
+        }
     }
     if (t->snd_wnd == 0 && t->snd_max == t->snd_una && f->timer == T_NONE && host_waiting(f))
         timer_set(dp, f, T_PERSIST, now + t->rto);
@@ -2306,6 +2335,7 @@ static void *dp_main(void *arg)
 {
     struct sn_dp *dp = arg;
     struct epoll_event evs[SN_DP_HOST_EVENTS_MAX];
+    int spin = 0; /* the last batch was a small one (see SPIN_S) */
     lock(dp);
     while (!dp->stop) {
         double now = mono_now();
@@ -2326,8 +2356,18 @@ static void *dp_main(void *arg)
             struct pollfd p = {.fd = dp->wake_efd, .events = POLLIN};
             n = poll(&p, 1, -1);
         } else {
-            n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, timeout);
+            n = 0;
+            if (spin && timeout != 0) {
+                /* poll a little before sleeping (see SPIN_S) */
+                double until = now + SPIN_S;
+                while ((n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, 0)) == 0 && mono_now() < until)
+                    if (SPIN_YIELD)
+                        sched_yield();
+            }
+            if (n == 0)
+                n = epoll_wait(dp->ep, evs, SN_DP_HOST_EVENTS_MAX, timeout);
         }
+        spin = 0;
         lock(dp);
         dp->sleep_until = -2.0;
         if (n < 0) {
@@ -2350,6 +2390,8 @@ static void *dp_main(void *arg)
         }
         now = call_now(dp, now);
         size_t before = dp->qlen;
+        uint64_t tcp0 = dp->stats[SN_DP_S_TCP_TO_HOST_BYTES] + dp->stats[SN_DP_S_TCP_TO_GUEST_BYTES];
+        uint64_t udp0 = dp->stats[SN_DP_S_UDP_TO_HOST] + dp->stats[SN_DP_S_UDP_TO_GUEST];
         out_begin(dp, dp->queue + dp->qlen, QUEUE_CAP - dp->qlen);
         int tap = 0;
         for (int i = 0; i < n; i++) {
@@ -2358,7 +2400,10 @@ static void *dp_main(void *arg)
                 tap = 1;
             else if (tag == TAG_WAKE)
                 efd_drain(dp->wake_efd);
+            else
+                spin = 1; /* a host socket */
         }
+        spin |= tap;
         if (tap) {
             int err = tap_batch(dp, now);
             if (err && err != ENOBUFS && err != ENOMEM) {
@@ -2374,6 +2419,11 @@ static void *dp_main(void *arg)
         host_events(dp, evs, n, now);
         if (dl >= 0 && dl <= now)
             run_timers(dp, now);
+        if (spin) {
+            uint64_t tcp = dp->stats[SN_DP_S_TCP_TO_HOST_BYTES] + dp->stats[SN_DP_S_TCP_TO_GUEST_BYTES] - tcp0;
+            uint64_t udp = dp->stats[SN_DP_S_UDP_TO_HOST] + dp->stats[SN_DP_S_UDP_TO_GUEST] - udp0;
+            spin = (tcp > 0 || udp > 0) && tcp < SPIN_SMALL && udp <= 2;
+        }
         dp->qlen += dp->out.len;
         if (dp->qlen != before && !dp->notified) {
             dp->notified = 1;

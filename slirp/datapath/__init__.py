@@ -79,7 +79,13 @@ The queue is bounded (SN_DP_QUEUE_CAP bytes of records): when it is nearly
 full the thread reads nothing until the edge took it (``dp.queue_stalls``;
 never a silent drop — ``dp.records_lost`` stays 0).  Every call takes the
 datapath's mutex, which the thread holds only while it handles one batch;
-the ``now`` passed to a call is ignored then.  Start it only once the
+the ``now`` passed to a call is ignored then.  After a small batch with TAP
+or host-socket events (one that moved payload: less than 4 KiB of TCP, at
+most two UDP datagrams; not a bare ACK) the thread polls (epoll_wait with a zero timeout,
+sched_yield between polls) for up to SPIN_US (30 µs) before it sleeps, so
+a request/response exchange does not pay a sleep and a wake-up per
+message; a wake-up by a timer or by the edge alone does not poll, so an
+idle thread sleeps.  Start it only once the
 process is confined (it inherits the seccomp filter; the sandbox needs a
 single-threaded process); ``close()`` stops and joins it before anything is
 freed.  The Python twin has no thread (``threaded`` is always False).
@@ -174,7 +180,12 @@ option block NOP NOP TS (else none): otherwise Ejected(segment) + Frame.
    headers), build one frame (ACK|PSH, gso_size = MSS − 12 with timestamps,
    NEEDS_CSUM) and write it.  A short peek ends the round unless the host
    has shut down its side (EPOLLRDHUP seen), when peeking goes on to find
-   the end.  Peek returns 0: the host's EOF (the fallback sees it only once
+   the end.  A round that ended at the end of the host's data (a short
+   peek, EAGAIN, or nothing beyond the flight) leaves the flow drained: an
+   ACK then only drops the acknowledged bytes and peeks no further (nothing
+   new can be there without an event), unless the host's EOF or FIN is
+   involved; a changed window, a host event or a retransmission still
+   start a round.  Peek returns 0: the host's EOF (the fallback sees it only once
    nothing is in flight), see "Closing".  Host sockets are watched edge-triggered
    (EPOLLIN|EPOLLRDHUP|EPOLLET): new host data is an event; data that waits
    for the guest's window is picked up by the ACK that opens it.  Closed

@@ -132,7 +132,7 @@ class _Tcp:
         "snd_wscale", "rcv_nxt", "rcv_adv", "rcv_wscale", "mss", "ts_ok", "ts_recent", "ts_recent_at",
         "ts_offset", "srtt", "rttvar", "rto", "cwnd", "ssthresh", "host_space",
         "rcv_wnd_max", "our_mss", "eff_mss", "max_payload", "l4off", "tcp_hlen", "pseudo",
-        "timer", "timer_at", "retries", "dupacks", "ack_pending", "want_output", "space_stale",
+        "timer", "timer_at", "retries", "dupacks", "ack_pending", "want_output", "drained", "space_stale",
         "space_max", "watching_out", "host_fin", "kernel_peek", "batch",
         "state", "host_eof", "fin_sent", "fin_seq", "tw_seq",
     )  # fmt: skip
@@ -271,7 +271,7 @@ class PythonDatapath:
         f.pseudo = csum_partial(f.raddr + f.gaddr, 6)
         f.timer, f.timer_at = T_NONE, 0.0
         f.retries = f.dupacks = 0
-        f.ack_pending = f.want_output = False
+        f.ack_pending = f.want_output = f.drained = False
         f.space_stale = True
         f.space_max = max(0, f.host_space)
         f.watching_out = f.host_fin = False
@@ -924,7 +924,8 @@ class PythonDatapath:
                 f.timer = T_NONE
         else:
             f.timer, f.timer_at = T_RTX, now + f.rto
-        f.want_output = True
+        if not f.drained or f.host_fin or f.host_eof or f.fin_sent:
+            f.want_output = True  # else the last peek found the end: nothing new to send
         if fin_acked:
             if f.state == FIN_WAIT_1:
                 f.state = FIN_WAIT_2
@@ -993,6 +994,7 @@ class PythonDatapath:
         txv = self._txv
         pay = f.l4off + f.tcp_hlen
         st = self._stats
+        f.drained = False
         if f.fin_sent:
             # every byte was acknowledged before our FIN: only it can be due again
             if f.snd_nxt == f.fin_seq:
@@ -1015,8 +1017,12 @@ class PythonDatapath:
                     bufs = [self._scratchv[:off], txv[pay : pay + n]]
                     r = f.sock.recvmsg_into(bufs, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)[0] - off
                     if r <= 0:
+                        f.drained = True
                         break  # nothing beyond the flight (EOF shows once the flight is acked)
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
+                f.drained = True
+                break
+            except InterruptedError:
                 break
             except OSError as err:
                 self._host_reset(f, err.errno)
@@ -1035,6 +1041,7 @@ class PythonDatapath:
                 f.timer, f.timer_at = T_RTX, now + f.rto
             f.ack_pending = False
             if r < n and not f.host_fin:
+                f.drained = True
                 break
         if f.snd_wnd == 0 and f.snd_max == f.snd_una and f.timer == T_NONE and self._host_waiting(f):
             f.timer, f.timer_at = T_PERSIST, now + f.rto
