@@ -85,7 +85,9 @@ most two UDP datagrams; not a bare ACK) the thread polls (epoll_wait with a zero
 sched_yield between polls) for up to SPIN_US (30 µs) before it sleeps, so
 a request/response exchange does not pay a sleep and a wake-up per
 message; a wake-up by a timer or by the edge alone does not poll, so an
-idle thread sleeps.  Start it only once the
+idle thread sleeps, and neither does a batch that queued slow items or one
+within 50 ms of a handshake install (the event loop needs the CPU then).
+Start it only once the
 process is confined (it inherits the seccomp filter; the sandbox needs a
 single-threaded process); ``close()`` stops and joins it before anything is
 freed.  The Python twin has no thread (``threaded`` is always False).
