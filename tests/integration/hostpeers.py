@@ -9,9 +9,11 @@ fixture that made it.  Traffic goes only to loopback.
 from __future__ import annotations
 
 import http.server
+import pathlib
 import socket
 import sys
 import threading
+import time
 
 
 def family_of(addr: str) -> socket.AddressFamily:
@@ -130,3 +132,45 @@ except TimeoutError:
 def guest_udp(ns, addr: str, port: int, size: int = 5) -> str:
     res = ns.run(sys.executable, "-c", GUEST_UDP, addr, str(port), str(size), timeout=20)
     return res.stdout.decode().strip() or res.stderr.decode()
+
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def byte_exact_transfer(ns, start, sums: pathlib.Path, size: int, direction: str, host: str, gateway: str) -> None:
+    """``size`` random bytes through one TCP connection between the host's
+    ``host`` (a loopback address) and the guest, which reaches it at
+    ``gateway``; ``direction`` guest_to_host or host_to_guest.  Both ends
+    hash what they saw (sha256 into ``sums``, a directory both users can
+    write); the hashes must match.  ``start()`` starts slirpnet once the
+    host's end listens."""
+    from .nsutil import spawn, stop
+
+    port = free_port(host)
+    if ":" in host:
+        listen, connect = f"TCP6-LISTEN:{port},bind=[{host}],reuseaddr", f"TCP6:[{gateway}]:{port}"
+    else:
+        listen, connect = f"TCP-LISTEN:{port},bind={host},reuseaddr", f"TCP:{gateway}:{port}"
+    source = f"head -c {size} /dev/urandom | tee >(sha256sum > {sums}/sent)"
+    if direction == "guest_to_host":
+        server = spawn(["sh", "-c", f"socat -u {listen} - | sha256sum > {sums}/received"])
+        client = f"{source} | socat -u - {connect}"
+    else:
+        server = spawn(["bash", "-c", f"{source} | socat -u - {listen}"])
+        client = f"socat -u {connect} - | sha256sum > {sums}/received"
+    try:
+        time.sleep(0.5)
+        start()
+        res = ns.run("bash", "-c", client, timeout=240)
+        assert res.returncode == 0, res.stderr
+        server.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while not all((sums / f).exists() and (sums / f).read_text() for f in ("sent", "received")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        sent = (sums / "sent").read_text().split()[0]
+        received = (sums / "received").read_text().split()[0]
+        assert sent == received
+        assert sent != EMPTY_SHA256  # not empty
+    finally:
+        stop(server)

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from .hostpeers import free_port, guest_udp
+from .hostpeers import byte_exact_transfer, free_port, guest_udp
 from .nsutil import ENV, ROOT, SLIRPNET, World, spawn, stop, wait_ipv6
 from .test_api import add_req, request
 from .test_outbound_udp import dig
@@ -407,32 +407,8 @@ def test_ipv6_under_sandbox_and_seccomp(netns, start_slirpnet, http6):
 @pytest.mark.parametrize("direction", ["guest_to_host", "host_to_guest"])
 def test_one_gib_byte_exact_over_ipv6(netns, start_slirpnet, tmp_path, direction):
     """sha256 over 1 GiB of random data, each way, through one IPv6 connection."""
-    port = free_port("::1")
     sums = tmp_path / "sums"
     sums.mkdir()
     sums.chmod(0o777)
-    if direction == "guest_to_host":
-        server = spawn(["sh", "-c", f"socat -u TCP6-LISTEN:{port},bind=[::1],reuseaddr - | sha256sum > {sums}/received"])
-        client = f"head -c {GIB} /dev/urandom | tee >(sha256sum > {sums}/sent) | socat -u - TCP6:[fd00::2]:{port}"
-    else:
-        server = spawn(
-            ["bash", "-c", f"head -c {GIB} /dev/urandom | tee >(sha256sum > {sums}/sent) | "
-                           f"socat -u - TCP6-LISTEN:{port},bind=[::1],reuseaddr"]
-        )  # fmt: skip
-        client = f"socat -u TCP6:[fd00::2]:{port} - | sha256sum > {sums}/received"
-    try:
-        time.sleep(0.5)
-        start6(start_slirpnet, netns)
-        res = netns.run("bash", "-c", client, timeout=240)
-        assert res.returncode == 0, res.stderr
-        server.wait(timeout=60)
-        deadline = time.monotonic() + 10
-        while not all((sums / f).exists() and (sums / f).read_text() for f in ("sent", "received")):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        sent = (sums / "sent").read_text().split()[0]
-        received = (sums / "received").read_text().split()[0]
-        assert sent == received
-        assert sent != "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # not empty
-    finally:
-        stop(server)
+    byte_exact_transfer(netns, lambda: start6(start_slirpnet, netns), sums, GIB, direction,
+                        host="::1", gateway="fd00::2")  # fmt: skip

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .hostpeers import free_port
+from .hostpeers import byte_exact_transfer, free_port
 from .nsutil import ENV, SLIRPNET, World, spawn, stop
 
 GIB = 1 << 30
@@ -203,37 +203,11 @@ def test_dns_over_tcp(world, start_slirpnet):
 @pytest.mark.parametrize("direction", ["guest_to_host", "host_to_guest"])
 def test_one_gib_byte_exact(netns, start_slirpnet, tmp_path, direction):
     """sha256 over 1 GiB of random data, each way, through one connection."""
-    port = free_port()
     sums = tmp_path / "sums"
     sums.mkdir()
     sums.chmod(0o777)
-    if direction == "guest_to_host":
-        server = spawn(
-            ["sh", "-c", f"socat -u TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr - | sha256sum > {sums}/received"]
-        )
-        client = f"head -c {GIB} /dev/urandom | tee >(sha256sum > {sums}/sent) | socat -u - TCP:10.0.2.2:{port}"
-    else:
-        server = spawn(
-            ["bash", "-c", f"head -c {GIB} /dev/urandom | tee >(sha256sum > {sums}/sent) | "
-                           f"socat -u - TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"]
-        )  # fmt: skip
-        client = f"socat -u TCP:10.0.2.2:{port} - | sha256sum > {sums}/received"
-    try:
-        time.sleep(0.5)
-        start_slirpnet(["-c", str(netns.pid), "tap0"])
-        res = netns.run("bash", "-c", client, timeout=240)
-        assert res.returncode == 0, res.stderr
-        server.wait(timeout=60)
-        deadline = time.monotonic() + 10
-        while not all((sums / f).exists() and (sums / f).read_text() for f in ("sent", "received")):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        sent = (sums / "sent").read_text().split()[0]
-        received = (sums / "received").read_text().split()[0]
-        assert sent == received
-        assert sent != "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # not empty
-    finally:
-        stop(server)
+    byte_exact_transfer(netns, lambda: start_slirpnet(["-c", str(netns.pid), "tap0"]), sums, GIB, direction,
+                        host="127.0.0.1", gateway="10.0.2.2")  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["native", "native-sync", "python", "off"])
